@@ -1,0 +1,119 @@
+"""Checkpoints: one plain dict (widths, input spec, state_dict, metadata), no pickled classes.
+
+Loaded with `torch.load(weights_only=True)`, so a checkpoint from anywhere is safe to open, and
+a pruned model needs nothing but this package to rebuild.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import save_torch
+from .model import SegDecNet, Widths, widths_from_state_dict
+
+FORMAT = "segdec-prune/checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The file is not a usable SegDecNet checkpoint; the message says why."""
+
+
+@dataclass
+class InputSpec:
+    """What the model expects: the preprocessing that produced its training data."""
+
+    channels: int = 3
+    height: int = 640
+    width: int = 232
+    color: str = "bgr"  # OpenCV's channel order
+    scale: float = 1 / 255
+    dilate: int = 15
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class Checkpoint:
+    model: SegDecNet
+    input_spec: InputSpec
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: SegDecNet, input_spec: InputSpec, metadata: dict | None = None
+) -> Path:
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": "SegDecNet",
+        "in_channels": model.in_channels,
+        "widths": model.widths.to_dict(),
+        "input_spec": asdict(input_spec),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": metadata or {},
+    }
+    return save_torch(payload, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model. Also accepts a bare state_dict from the paper's reference code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt file, pickled classes, not a torch file ...
+        raise CheckpointError(f"cannot read {path} as a weights-only torch file: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict")
+    if raw.get("format") == FORMAT:
+        if raw.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} has format version {raw['format_version']}; upgrade segdec-prune")
+        state, spec, meta = raw["state_dict"], InputSpec.from_dict(raw["input_spec"]), raw["metadata"]
+        try:
+            widths = Widths.from_dict(raw["widths"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: bad widths record: {exc}") from None
+        in_channels = int(raw["in_channels"])
+    elif all(isinstance(v, torch.Tensor) for v in raw.values()):
+        state, meta = raw, {"source": "bare state_dict"}
+        try:
+            widths = widths_from_state_dict(state)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        in_channels = state["volume.0.0.weight"].shape[1]
+        spec = InputSpec(channels=in_channels)
+    else:
+        raise CheckpointError(f"{path} is not a segdec-prune checkpoint (no '{FORMAT}' format tag)")
+    model = SegDecNet(in_channels=in_channels, widths=widths)
+    _check_shapes(model, state, path)
+    model.load_state_dict(state)
+    return Checkpoint(model=model.to(map_location), input_spec=spec, metadata=dict(meta))
+
+
+def _check_shapes(model: SegDecNet, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        if wrong:
+            parts.append("shape mismatch " + "; ".join(wrong[:5]))
+        raise CheckpointError(f"{path} does not match SegDecNet{model.widths}: " + ", ".join(parts))

@@ -1,0 +1,180 @@
+"""`segdec-prune`: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .checkpoint import CheckpointError, InputSpec, load_checkpoint
+from .config import ConfigError, load_config
+from .data.ksdd2 import DatasetError
+
+app = typer.Typer(help="Channel-pruning pipeline for SegDecNet on KolektorSDD2.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Data sets: synthesise, download, check.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. --set train.epochs=3 (repeatable).")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+def _counter(description: str) -> Progress:
+    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output folder (KSDD2 layout).")] = Path("datasets/demo"),
+    train: Annotated[int, typer.Option(min=4)] = 600,
+    test: Annotated[int, typer.Option(min=4)] = 300,
+    positive_fraction: Annotated[float, typer.Option(min=0.01, max=0.9)] = 0.1,
+    faint_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.25,
+    seed: int = 0,
+) -> None:
+    """Write a synthetic data set in the exact KSDD2 layout."""
+    from .data.synthetic import SynthSpec, write_dataset
+
+    spec = SynthSpec(train=train, test=test, positive_fraction=positive_fraction, seed=seed, faint_fraction=faint_fraction)
+    with _counter("synthesising") as bar:
+        task = bar.add_task("", total=train + test)
+        counts = write_dataset(out, spec, on_progress=lambda done, total: bar.update(task, completed=done))
+    for split, c in counts.items():
+        console.print(f"{split}: {c['images']} images, {c['positives']} positive -> {out / split}")
+
+
+@data_app.command("download")
+def data_download(
+    out: Annotated[Path, typer.Option(help="Where to put train/ and test/.")] = Path("datasets/KSDD2"),
+    url: Annotated[Optional[str], typer.Option(help="Archive URL (default: the official link).")] = None,
+) -> None:
+    """Fetch the official KSDD2 archive (resumable), unpack it and check the layout."""
+    from .data.download import OFFICIAL_URL, download
+
+    cols = (TextColumn("downloading"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*cols, console=console) as bar:
+            task = bar.add_task("", total=None)
+            download(out, url or OFFICIAL_URL, lambda done, total: bar.update(task, completed=done, total=total))
+    except (OSError, DatasetError) as exc:
+        _fail(exc)
+    data_check(out)
+
+
+@data_app.command("check")
+def data_check(root: Annotated[Path, typer.Argument(help="Data set folder (KSDD2 layout).")]) -> None:
+    """Count images, positives and negatives per split; list problems (exit 1 if any)."""
+    from .data.download import OFFICIAL_COUNTS, check
+
+    reports = check(root)
+    table = Table("split", "images", "positives", "negatives", "problems", title=str(root))
+    for r in reports:
+        table.add_row(r.split, str(r.images), str(r.positives), str(r.negatives), str(len(r.problems)))
+    console.print(table)
+    if all((r.images, r.positives) == OFFICIAL_COUNTS[r.split] for r in reports):
+        console.print("matches the official KSDD2 counts")
+    problems = [p for r in reports for p in r.problems]
+    for p in problems:
+        console.print(f"[red]problem:[/] {p}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
+    """Train the baseline; writes RUN/models/baseline_best.pth (best by validation AP)."""
+    from .data.dataset import preprocessing_for, train_val_datasets
+    from .model import SegDecNet, count_parameters
+    from .training import train as run_training
+
+    try:
+        cfg = load_config(config, set_)
+        pre = preprocessing_for(cfg.data, cfg.train)
+        with _counter("loading train split") as bar:
+            task = bar.add_task("", total=None)
+            train_set, val_set = train_val_datasets(cfg.data, pre, lambda d, t: bar.update(task, completed=d, total=t))
+    except USER_ERRORS as exc:
+        _fail(exc)
+    n_pos = int(train_set.labels.sum())
+    seg = sum(s for s, lab in zip(train_set.segmented, train_set.labels) if lab)
+    console.print(f"train {len(train_set)} ({n_pos} positive, {seg} with masks), validation {len(val_set)} "
+                  f"({int(val_set.labels.sum())} positive); input {cfg.data.input_height}x{cfg.data.input_width}")
+    model = SegDecNet(in_channels=cfg.data.channels)
+    spec = InputSpec(channels=cfg.data.channels, height=cfg.data.input_height, width=cfg.data.input_width, dilate=cfg.data.dilate)
+    out = cfg.run_dir / "models" / "baseline_best.pth"
+    meta = {"name": "baseline_best", "method": "baseline", "ratio": 0.0, "config": cfg.to_dict(),
+            "parameters": count_parameters(model)}
+    result = run_training(model, train_set, val_set, cfg.train, out, spec, meta, show_progress=not quiet, description="baseline")
+    console.print(f"best validation AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}; "
+                  f"{result.seconds:.0f} s; saved {out}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pth).")],
+    data: Annotated[Optional[Path], typer.Option(help="Data set root (default: the one it was trained on).")] = None,
+    split: str = "test",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the metrics as JSON.")] = None,
+    batch_size: int = 8,
+) -> None:
+    """Evaluate one checkpoint in PyTorch: AP, AUROC, F1, FP/FN, Dice, IoU."""
+    from .artifacts import write_json
+    from .data.dataset import KSDD2Dataset, load_split
+    from .data.ksdd2 import Preprocessing
+    from .evaluation import evaluate_predictions, predict
+    from .runtimes import TorchRuntime
+    from .training import resolve_device
+
+    try:
+        ckpt = load_checkpoint(model)
+        spec = ckpt.input_spec
+        root = data or Path(ckpt.metadata.get("config", {}).get("data", {}).get("root", ""))
+        if not str(root):
+            raise DatasetError("this checkpoint does not record its data set; pass --data")
+        pre = Preprocessing(height=spec.height, width=spec.width, channels=spec.channels, dilate=spec.dilate)
+        with _counter(f"loading {split}") as bar:
+            task = bar.add_task("", total=None)
+            dataset = KSDD2Dataset(load_split(root, split, pre, lambda d, t: bar.update(task, completed=d, total=t)))
+    except USER_ERRORS as exc:
+        _fail(exc)
+    t0 = time.perf_counter()
+    preds = predict(TorchRuntime(ckpt.model, resolve_device("auto")), dataset, batch_size)
+    try:
+        metrics = evaluate_predictions(preds, dataset)
+    except ValueError as exc:
+        _fail(exc)
+    metrics["seconds"] = time.perf_counter() - t0
+    table = Table("metric", "value", title=f"{model.name} on {root}/{split}")
+    for key in ("ap", "ap_paper", "auroc", "best_f1", "best_threshold", "fp_at_best", "fn_at_best", "precision",
+                "recall", "f1", "fnr", "fp_at_threshold", "fn_at_threshold", "dice", "iou", "images", "positives"):
+        v = metrics[key]
+        table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    if output:
+        write_json({"model": str(model), "data": str(root), "split": split, **metrics}, output)
+        console.print(f"wrote {output}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,171 @@
+"""Typed, validated configuration: a TOML file plus `section.key=value` overrides.
+
+Every value is checked on load; a bad one raises ConfigError naming the key, and unknown keys
+are rejected (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .model import decision_map_size
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "datasets/demo"
+    input_height: int = 640
+    input_width: int = 232
+    channels: int = 3
+    dilate: int = 15
+    num_segmented: int | str = "all"  # int >= 0, or "all"
+    split_file: str = ""  # optional JSON list of segmented positive ids
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def validate(self) -> None:
+        h, w = self.input_height, self.input_width
+        _require("data.input_height", h % 8 == 0 and h > 0, f"must be a positive multiple of 8, got {h}")
+        _require("data.input_width", w % 8 == 0 and w > 0, f"must be a positive multiple of 8, got {w}")
+        dh, dw = decision_map_size(h, w)
+        _require("data.input_height", dh * dw >= 2, f"{h}x{w} is too small: the decision head needs >= 128x64")
+        _require("data.channels", self.channels in (1, 3), f"must be 1 or 3, got {self.channels}")
+        _require("data.dilate", self.dilate >= 0, f"must be >= 0, got {self.dilate}")
+        ns = self.num_segmented
+        _require("data.num_segmented", ns == "all" or (isinstance(ns, int) and ns >= 0), f"must be 'all' or an int >= 0, got {ns!r}")
+        _require("data.val_fraction", 0 < self.val_fraction < 1, f"must be in (0, 1), got {self.val_fraction}")
+
+    @property
+    def segmented_count(self) -> int | None:
+        return None if self.num_segmented == "all" else int(self.num_segmented)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    lr: float = 0.01
+    batch_size: int = 1
+    delta: float = 1.0  # decision-loss weight
+    dyn_balanced_loss: bool = True
+    gradient_adjustment: bool = True
+    weighted_seg_loss: bool = True
+    seg_loss_p: float = 2.0
+    seg_loss_max: float = 3.0
+    frequency_sampling: bool = True
+    validate_every: int = 5
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # 0 = torch default
+
+    def validate(self) -> None:
+        _require("train.epochs", self.epochs >= 1, f"must be >= 1, got {self.epochs}")
+        _require("train.lr", self.lr > 0, f"must be > 0, got {self.lr}")
+        _require("train.batch_size", self.batch_size >= 1, f"must be >= 1, got {self.batch_size}")
+        _require("train.delta", self.delta >= 0, f"must be >= 0, got {self.delta}")
+        _require("train.seg_loss_max", self.seg_loss_max > 0, f"must be > 0, got {self.seg_loss_max}")
+        _require("train.validate_every", self.validate_every >= 1, f"must be >= 1, got {self.validate_every}")
+        _require("train.num_threads", self.num_threads >= 0, f"must be >= 0, got {self.num_threads}")
+        ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        _require("train.device", ok, f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    dir: str = "runs"
+
+    def validate(self) -> None:
+        _require("run.name", bool(self.name) and "/" not in self.name, f"must be a plain folder name, got {self.name!r}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    source: str = ""  # the file it came from, for messages
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir) / self.run.name
+
+    def validate(self) -> "Config":
+        for section in (self.data, self.train, self.run):
+            section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {s: dataclasses.asdict(getattr(self, s)) for s in ("data", "train", "run")}
+
+
+def _require(key: str, ok: bool, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key}: {why}")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check a TOML value against the default's type (ints may stand for floats)."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if key == "data.num_segmented" and isinstance(value, (int, str)) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict[str, Any], source: str = "") -> Config:
+    cfg = Config(source=source)
+    for name, section in raw.items():
+        if name not in ("data", "train", "run") or not isinstance(section, dict):
+            raise ConfigError(f"config key {name}: unknown section (known: data, train, run)")
+        target = getattr(cfg, name)
+        known = {f.name for f in fields(target)}
+        for key, value in section.items():
+            if key not in known:
+                raise ConfigError(f"config key {name}.{key}: unknown (known: {', '.join(sorted(known))})")
+            setattr(target, key, _coerce(f"{name}.{key}", value, getattr(target, key)))
+    return cfg.validate()
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'train.epochs=3' -> ('train', 'epochs', 3); values parse as TOML, else as strings."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, value = text.split("=", 1)
+    section, name = key.strip().split(".", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return section, name, parsed
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for text in overrides or []:
+        section, name, value = parse_override(text)
+        raw.setdefault(section, {})[name] = value
+    return from_dict(raw, source=str(path or "<defaults>"))

@@ -1,0 +1,17 @@
+"""The one interface every runtime implements: a batch of images in, logits out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Runtime(Protocol):
+    """Load an artifact once; `predict` maps float32 images [B,C,H,W] in [0,1] to
+    (decision logits [B], segmentation logits [B,1,H/8,W/8]) as numpy arrays."""
+
+    name: str
+    device: str
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...

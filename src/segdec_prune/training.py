@@ -1,0 +1,163 @@
+"""One training loop, the paper's recipe, for the baseline and for fine-tuning pruned models.
+
+Loss = w_seg * BCE(seg) x distance weights (segmented samples only) + w_dec * BCE(decision),
+with dynamic balancing w_seg = 1 - e/E, w_dec = delta * e/E, gradient-flow adjustment (no
+decision gradient into the segmentation path), plain SGD, balanced epochs. Model selection
+uses validation AP (ties: lower validation decision loss), never the test set.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .checkpoint import InputSpec, save_checkpoint
+from .config import TrainConfig
+from .data.dataset import EpochSampler, KSDD2Dataset
+from .evaluation import classification_metrics, predict
+from .model import SegDecNet
+from .runtimes import TorchRuntime
+
+ExtraLoss = Callable[[SegDecNet], torch.Tensor]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss_seg: float
+    loss_dec: float
+    loss: float
+    seconds: float
+    val_ap: float | None = None
+    val_loss: float | None = None
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_ap: float
+    history: list[EpochRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "history": [asdict(h) for h in self.history]}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def loss_weights(epoch: int, cfg: TrainConfig) -> tuple[float, float]:
+    """(segmentation, decision) loss weights for a 0-based epoch."""
+    if not cfg.dyn_balanced_loss:
+        return 1.0, cfg.delta
+    frac = epoch / cfg.epochs
+    return 1.0 - frac, cfg.delta * frac
+
+
+def batch_losses(model: SegDecNet, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(segmentation loss, decision loss) of one batch, each a scalar mean over the batch."""
+    dec, seg = model(batch["image"])
+    loss_dec = F.binary_cross_entropy_with_logits(dec, batch["label"])
+    per_pixel = F.binary_cross_entropy_with_logits(seg, batch["seg"], reduction="none")
+    if cfg.weighted_seg_loss:
+        per_pixel = per_pixel * batch["weight"]
+    per_sample = per_pixel.mean(dim=(1, 2, 3)) * batch["segmented"].float()
+    return per_sample.sum() / len(per_sample), loss_dec
+
+
+@torch.no_grad()
+def validate(model: SegDecNet, dataset: KSDD2Dataset, device: torch.device) -> tuple[float, float]:
+    """(AP, mean decision BCE) on a held-out set."""
+    preds = predict(TorchRuntime(model, device), dataset, batch_size=8)
+    p = np.clip(preds.scores, 1e-7, 1 - 1e-7)
+    y = preds.labels.astype(float)
+    bce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return classification_metrics(preds.labels, preds.scores)["ap"], bce
+
+
+def train(
+    model: SegDecNet,
+    train_set: KSDD2Dataset,
+    val_set: KSDD2Dataset,
+    cfg: TrainConfig,
+    save_path: str | Path,
+    input_spec: InputSpec,
+    metadata: dict | None = None,
+    extra_loss: ExtraLoss | None = None,
+    show_progress: bool = True,
+    description: str = "train",
+) -> TrainResult:
+    """Train in place; saves the best-by-validation checkpoint to `save_path` and leaves the
+    model holding those best weights."""
+    seed_everything(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    model.decision_grad_scale = 0.0 if cfg.gradient_adjustment else 1.0
+    sampler = EpochSampler(train_set.labels, cfg.frequency_sampling, cfg.seed)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    result = TrainResult(best_epoch=-1, best_val_ap=-1.0)
+    best_key, best_state = (-1.0, float("inf")), None
+    start = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, disable=not show_progress, transient=False) as bar:
+        task = bar.add_task(description, total=cfg.epochs * len(loader), info="")
+        for epoch in range(cfg.epochs):
+            w_seg, w_dec = loss_weights(epoch, cfg)
+            model.train()
+            sums, n, t0 = np.zeros(3), 0, time.perf_counter()
+            for batch in loader:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss_seg, loss_dec = batch_losses(model, batch, cfg)
+                loss = w_seg * loss_seg + w_dec * loss_dec
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums += [loss_seg.item(), loss_dec.item(), loss.item()]
+                n += 1
+                bar.update(task, advance=1, info=f"ep {epoch + 1} seg {sums[0] / n:.4f} dec {sums[1] / n:.4f}")
+            rec = EpochRecord(epoch, *(sums / max(n, 1)).tolist(), seconds=time.perf_counter() - t0)
+            if (epoch + 1) % cfg.validate_every == 0 or epoch == cfg.epochs - 1:
+                rec.val_ap, rec.val_loss = validate(model, val_set, device)
+                if (rec.val_ap, -rec.val_loss) > (best_key[0], -best_key[1]):
+                    best_key = (rec.val_ap, rec.val_loss)
+                    best_state = copy.deepcopy(model.state_dict())
+                    result.best_epoch, result.best_val_ap = epoch, rec.val_ap
+                bar.update(task, info=f"ep {epoch + 1} val AP {rec.val_ap:.4f} (best {result.best_val_ap:.4f})")
+            if show_progress:
+                bar.console.print(
+                    f"{description} epoch {epoch + 1}/{cfg.epochs}: loss seg {rec.loss_seg:.4f} dec {rec.loss_dec:.4f}"
+                    + (f", val AP {rec.val_ap:.4f}" if rec.val_ap is not None else "") + f" ({rec.seconds:.0f} s)"
+                )
+            result.history.append(rec)
+    result.seconds = time.perf_counter() - start
+    assert best_state is not None  # the last epoch always validates
+    model.load_state_dict(best_state)
+    meta = {**(metadata or {}), "training": result.to_dict(), "train_config": asdict(cfg)}
+    save_checkpoint(save_path, model.cpu(), input_spec, meta)
+    model.to(device)
+    return result

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from segdec_prune.evaluation import classification_metrics, dice_iou, segmentation_metrics
+
+
+def test_hand_computed_classification_case():
+    labels = np.array([1, 0, 1, 0, 0, 1], bool)
+    scores = np.array([0.9, 0.8, 0.7, 0.4, 0.2, 0.1])
+    m = classification_metrics(labels, scores)
+    # ranking: P N P N N P -> precision at each positive: 1, 2/3, 3/6
+    assert m["ap"] == pytest.approx((1 + 2 / 3 + 0.5) / 3)
+    # ROC: of 9 (pos, neg) pairs, the positive wins 5
+    assert m["auroc"] == pytest.approx(5 / 9)
+    # threshold 0.5: predicted positive {0.9, 0.8, 0.7} -> TP 2, FP 1, FN 1, TN 2
+    assert (m["tp_at_threshold"], m["fp_at_threshold"], m["fn_at_threshold"], m["tn_at_threshold"]) == (2, 1, 1, 2)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3) and m["fnr"] == pytest.approx(1 / 3)
+    # best F1 over thresholds: at 0.7 (P=2/3, R=2/3) F1=0.667; at 0.1 (P=1/2, R=1) F1=0.667; at 0.9 F1=0.5
+    assert m["best_f1"] == pytest.approx(2 / 3, abs=1e-6)
+    assert m["tp_at_best"] + m["fn_at_best"] == 3
+
+
+def test_perfect_and_paper_ap():
+    labels = np.array([0, 0, 1, 1], bool)
+    m = classification_metrics(labels, np.array([0.1, 0.2, 0.8, 0.9]))
+    assert m["ap"] == 1 and m["auroc"] == 1 and m["best_f1"] == pytest.approx(1)
+    assert m["fp_at_best"] == 0 and m["fn_at_best"] == 0 and m["best_threshold"] == pytest.approx(0.8)
+    # paper's AP: trapezoid under the PR curve; differs from sklearn's step AP on imperfect rankings
+    m = classification_metrics(np.array([1, 0, 1], bool), np.array([0.9, 0.8, 0.7]))
+    assert m["ap"] == pytest.approx((1 + 2 / 3) / 2)
+    # PR points (recall, precision): (0, 1), (.5, 1), (.5, .5), (1, 2/3) -> .5 + .5 * (.5 + 2/3) / 2
+    assert m["ap_paper"] == pytest.approx(0.5 + 0.5 * (0.5 + 2 / 3) / 2)
+
+
+def test_single_class_is_rejected():
+    with pytest.raises(ValueError, match="both"):
+        classification_metrics(np.array([1, 1], bool), np.array([0.2, 0.3]))
+
+
+def test_dice_iou_hand_cases():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2] = True  # 8 pixels
+    b[1:3] = True  # 8 pixels, 4 shared
+    assert dice_iou(a, b) == pytest.approx((2 * 4 / 16, 4 / 12))
+    assert dice_iou(a, a) == (1.0, 1.0)
+    assert dice_iou(np.zeros((2, 2)), np.zeros((2, 2))) == (1.0, 1.0)
+
+
+def test_segmentation_metrics_upsample_to_mask():
+    prob = np.zeros((2, 2), np.float32)
+    prob[0, 0] = 1.0
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:8, :8] = 1
+    m = segmentation_metrics([prob], [mask])
+    assert m["seg_images"] == 1 and 0.3 < m["dice"] <= 1.0
+    m = segmentation_metrics([np.ones((2, 2))], [mask])
+    assert m["dice"] == pytest.approx(2 * 64 / (256 + 64))
