@@ -17,6 +17,7 @@ from rich.table import Table
 from .checkpoint import CheckpointError, InputSpec, load_checkpoint
 from .config import ConfigError, load_config
 from .data.ksdd2 import DatasetError
+from .data.synthetic import SynthSpec, write_dataset
 
 app = typer.Typer(help="Channel-pruning pipeline for SegDecNet on KolektorSDD2.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -47,14 +48,13 @@ def _counter(description: str) -> Progress:
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option(help="Output folder (KSDD2 layout).")] = Path("datasets/demo"),
-    train: Annotated[int, typer.Option(min=4)] = 600,
-    test: Annotated[int, typer.Option(min=4)] = 300,
-    positive_fraction: Annotated[float, typer.Option(min=0.01, max=0.9)] = 0.1,
-    faint_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.25,
-    seed: int = 0,
+    train: Annotated[int, typer.Option(min=4)] = SynthSpec.train,
+    test: Annotated[int, typer.Option(min=4)] = SynthSpec.test,
+    positive_fraction: Annotated[float, typer.Option(min=0.01, max=0.9)] = SynthSpec.positive_fraction,
+    faint_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of low-contrast defects.")] = SynthSpec.faint_fraction,
+    seed: int = SynthSpec.seed,
 ) -> None:
     """Write a synthetic data set in the exact KSDD2 layout."""
-    from .data.synthetic import SynthSpec, write_dataset
 
     spec = SynthSpec(train=train, test=test, positive_fraction=positive_fraction, seed=seed, faint_fraction=faint_fraction)
     with _counter("synthesising") as bar:
@@ -128,6 +128,88 @@ def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
     result = run_training(model, train_set, val_set, cfg.train, out, spec, meta, show_progress=not quiet, description="baseline")
     console.print(f"best validation AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}; "
                   f"{result.seconds:.0f} s; saved {out}")
+
+
+def _load_run(cfg, model_path: Optional[Path]):
+    """The baseline checkpoint (checked against the config) and the train/val datasets."""
+    from .data.dataset import preprocessing_for, train_val_datasets
+
+    path = model_path or cfg.run_dir / "models" / "baseline_best.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"no baseline checkpoint at {path}; run `segdec-prune train --config ...` first")
+    baseline = load_checkpoint(path)
+    spec = baseline.input_spec
+    if (spec.height, spec.width) != (cfg.data.input_height, cfg.data.input_width):
+        raise ConfigError(f"config key data.input_height/width: {cfg.data.input_height}x{cfg.data.input_width} "
+                          f"but {path} was trained at {spec.height}x{spec.width}")
+    with _counter("loading train split") as bar:
+        task = bar.add_task("", total=None)
+        sets = train_val_datasets(cfg.data, preprocessing_for(cfg.data, cfg.train),
+                                  lambda d, t: bar.update(task, completed=d, total=t))
+    return baseline, *sets
+
+
+@app.command()
+def prune(
+    config: ConfigOpt,
+    method: Annotated[Optional[str], typer.Option("--method", help="naive_l1, naive_fn, ours_c1..c4, random.")] = None,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Share of channels to remove, in (0, 1).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Sweep prune.methods x prune.ratios.")] = False,
+    finetune_epochs: Annotated[Optional[int], typer.Option(min=0, help="Default: prune.finetune_epochs; 0 = pruned only.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Baseline (default RUN/models/baseline_best.pth).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Prune the baseline, fine-tune, and save RUN/models/{method}_r{percent}.pth."""
+    from .pruning.methods import get_method
+    from .pruning.workflow import calibration_batches, prune_one, sparsity_trained
+    from .training import new_progress
+
+    try:
+        cfg = load_config(config, set_)
+        if all_ == (method is not None):
+            raise ConfigError("give either --method (with --ratio) or --all")
+        if all_:
+            jobs = [(get_method(m), r) for m in cfg.prune.methods for r in cfg.prune.ratios]
+        else:
+            if ratio is None or not 0 < ratio < 1:
+                raise ConfigError(f"--ratio must be in (0, 1), got {ratio}")
+            jobs = [(get_method(method), ratio)]
+        baseline, train_set, val_set = _load_run(cfg, model)
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    epochs = cfg.prune.finetune_epochs if finetune_epochs is None else finetune_epochs
+    batches = calibration_batches(train_set, cfg.prune.calibration_batches, cfg.train.batch_size, cfg.prune.seed)
+    table = Table("model", "widths (volume)", "val AP pruned", "val AP fine-tuned", "seconds", title="pruned models")
+    with new_progress() as bar:
+        overall = bar.add_task("models", total=len(jobs), info="")
+        sparse = None
+        for m, r in jobs:
+            source = None
+            if m.sparsity and cfg.prune.fn_sparsity_epochs > 0:
+                sparse = sparse or sparsity_trained(baseline, cfg, train_set, val_set, progress=bar)
+                source = sparse
+            out = prune_one(baseline, m, r, cfg, train_set, val_set, batches, epochs, progress=bar, source=source)
+            bar.update(overall, advance=1, info=f"{out.name}: val AP {out.val_ap_pruned:.3f} -> {out.val_ap:.3f}")
+            table.add_row(out.name, str(out.widths["volume"]), f"{out.val_ap_pruned:.4f}", f"{out.val_ap:.4f}", f"{out.seconds:.0f}")
+    console.print(table)
+
+
+@app.command()
+def profile(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """MACs, parameters and file size of every model in the run -> profiling_results.json."""
+    from .profiling import profile_run
+
+    try:
+        cfg = load_config(config, set_)
+        result = profile_run(cfg.run_dir)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    table = Table("model", "params (M)", "GMACs", "GMACs @640x232", "MAC reduction", "file (MB)", title="profile")
+    for name, r in result["models"].items():
+        table.add_row(name, f"{r['parameters'] / 1e6:.3f}", f"{r['macs'] / 1e9:.3f}", f"{r['macs_at_640x232'] / 1e9:.2f}",
+                      f"{r['mac_reduction']:.1%}", f"{r['file_bytes'] / 1e6:.1f}")
+    console.print(table)
+    console.print(f"wrote {cfg.run_dir / 'profiling_results.json'}")
 
 
 @app.command()

@@ -83,6 +83,36 @@ class TrainConfig:
 
 
 @dataclass
+class PruneConfig:
+    methods: list = field(default_factory=lambda: ["naive_l1", "naive_fn", "ours_c1", "ours_c2", "ours_c3", "ours_c4"])
+    ratios: list = field(default_factory=lambda: [0.2, 0.4, 0.6])
+    finetune_epochs: int = 3
+    finetune_lr: float = 0.01
+    calibration_batches: int = 8
+    round_to: int = 32  # ours_c1 alignment N
+    c3_lambda: float = 0.5
+    fn_sparsity_lambda: float = 1e-4
+    fn_sparsity_epochs: int = 0  # naive_fn: K epochs of L1 sparsity training before pruning
+    include_extractor: bool = False  # also prune the decision head's three small convs
+    seed: int = 0
+
+    def validate(self) -> None:
+        from .pruning.methods import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS]
+        _require("prune.methods", not unknown, f"unknown {unknown}; known: {', '.join(METHODS)}")
+        bad = [r for r in self.ratios if not isinstance(r, (int, float)) or not 0 < r < 1]
+        _require("prune.ratios", not bad and bool(self.ratios), f"each ratio must be in (0, 1), got {self.ratios}")
+        _require("prune.finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}")
+        _require("prune.finetune_lr", self.finetune_lr > 0, f"must be > 0, got {self.finetune_lr}")
+        _require("prune.calibration_batches", self.calibration_batches >= 1, f"must be >= 1, got {self.calibration_batches}")
+        _require("prune.round_to", self.round_to >= 1, f"must be >= 1, got {self.round_to}")
+        _require("prune.c3_lambda", 0 <= self.c3_lambda <= 1, f"must be in [0, 1], got {self.c3_lambda}")
+        _require("prune.fn_sparsity_lambda", self.fn_sparsity_lambda >= 0, f"must be >= 0, got {self.fn_sparsity_lambda}")
+        _require("prune.fn_sparsity_epochs", self.fn_sparsity_epochs >= 0, f"must be >= 0, got {self.fn_sparsity_epochs}")
+
+
+@dataclass
 class RunConfig:
     name: str = "demo"
     dir: str = "runs"
@@ -95,6 +125,7 @@ class RunConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     run: RunConfig = field(default_factory=RunConfig)
     source: str = ""  # the file it came from, for messages
 
@@ -103,12 +134,15 @@ class Config:
         return Path(self.run.dir) / self.run.name
 
     def validate(self) -> "Config":
-        for section in (self.data, self.train, self.run):
+        for section in (self.data, self.train, self.prune, self.run):
             section.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {s: dataclasses.asdict(getattr(self, s)) for s in ("data", "train", "run")}
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+
+
+SECTIONS = ("data", "train", "prune", "run")
 
 
 def _require(key: str, ok: bool, why: str) -> None:
@@ -131,8 +165,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 def from_dict(raw: dict[str, Any], source: str = "") -> Config:
     cfg = Config(source=source)
     for name, section in raw.items():
-        if name not in ("data", "train", "run") or not isinstance(section, dict):
-            raise ConfigError(f"config key {name}: unknown section (known: data, train, run)")
+        if name not in SECTIONS or not isinstance(section, dict):
+            raise ConfigError(f"config key {name}: unknown section (known: {', '.join(SECTIONS)})")
         target = getattr(cfg, name)
         known = {f.name for f in fields(target)}
         for key, value in section.items():

@@ -9,6 +9,7 @@ uses validation AP (ties: lower validation decision loss), never the test set.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 import random
 import time
 from collections.abc import Callable
@@ -52,6 +53,13 @@ class TrainResult:
         return {**asdict(self), "history": [asdict(h) for h in self.history]}
 
 
+def new_progress(disable: bool = False) -> Progress:
+    """The progress display every long step uses: bar, count, elapsed time, a status field."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[info]}"))
+    return Progress(*columns, disable=disable)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,12 +82,12 @@ def loss_weights(epoch: int, cfg: TrainConfig) -> tuple[float, float]:
     return 1.0 - frac, cfg.delta * frac
 
 
-def batch_losses(model: SegDecNet, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_losses(model: SegDecNet, batch: dict[str, torch.Tensor], weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(segmentation loss, decision loss) of one batch, each a scalar mean over the batch."""
     dec, seg = model(batch["image"])
     loss_dec = F.binary_cross_entropy_with_logits(dec, batch["label"])
     per_pixel = F.binary_cross_entropy_with_logits(seg, batch["seg"], reduction="none")
-    if cfg.weighted_seg_loss:
+    if weighted:
         per_pixel = per_pixel * batch["weight"]
     per_sample = per_pixel.mean(dim=(1, 2, 3)) * batch["segmented"].float()
     return per_sample.sum() / len(per_sample), loss_dec
@@ -106,9 +114,10 @@ def train(
     extra_loss: ExtraLoss | None = None,
     show_progress: bool = True,
     description: str = "train",
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train in place; saves the best-by-validation checkpoint to `save_path` and leaves the
-    model holding those best weights."""
+    model holding those best weights. Pass `progress` to show it inside an existing display."""
     seed_everything(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -121,8 +130,7 @@ def train(
     result = TrainResult(best_epoch=-1, best_val_ap=-1.0)
     best_key, best_state = (-1.0, float("inf")), None
     start = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, disable=not show_progress, transient=False) as bar:
+    with nullcontext(progress) if progress is not None else new_progress(disable=not show_progress) as bar:
         task = bar.add_task(description, total=cfg.epochs * len(loader), info="")
         for epoch in range(cfg.epochs):
             w_seg, w_dec = loss_weights(epoch, cfg)
@@ -130,7 +138,7 @@ def train(
             sums, n, t0 = np.zeros(3), 0, time.perf_counter()
             for batch in loader:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss_seg, loss_dec = batch_losses(model, batch, cfg)
+                loss_seg, loss_dec = batch_losses(model, batch, cfg.weighted_seg_loss)
                 loss = w_seg * loss_seg + w_dec * loss_dec
                 if extra_loss is not None:
                     loss = loss + extra_loss(model)
@@ -148,12 +156,14 @@ def train(
                     best_state = copy.deepcopy(model.state_dict())
                     result.best_epoch, result.best_val_ap = epoch, rec.val_ap
                 bar.update(task, info=f"ep {epoch + 1} val AP {rec.val_ap:.4f} (best {result.best_val_ap:.4f})")
-            if show_progress:
+            result.history.append(rec)
+            if not bar.disable:
                 bar.console.print(
                     f"{description} epoch {epoch + 1}/{cfg.epochs}: loss seg {rec.loss_seg:.4f} dec {rec.loss_dec:.4f}"
                     + (f", val AP {rec.val_ap:.4f}" if rec.val_ap is not None else "") + f" ({rec.seconds:.0f} s)"
                 )
-            result.history.append(rec)
+        if progress is not None:
+            bar.remove_task(task)
     result.seconds = time.perf_counter() - start
     assert best_state is not None  # the last epoch always validates
     model.load_state_dict(best_state)

@@ -26,7 +26,7 @@ class SynthSpec:
     test: int = 300
     positive_fraction: float = 0.1
     seed: int = 0
-    faint_fraction: float = 0.2  # share of defects drawn at low contrast
+    faint_fraction: float = 0.12  # share of defects drawn at low contrast
 
 
 def _surface(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -83,7 +83,7 @@ def _defect(rng: np.random.Generator, kind: str, h: int, w: int) -> tuple[np.nda
     return m, np.clip(soft / max(soft.max(), 1e-6), 0, 1)
 
 
-def render(seed: int, split: str, index: int, positive: bool, faint_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+def render(seed: int, split: str, index: int, positive: bool, faint_fraction: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
     """One image (uint8 BGR, about 230x630, varying) and its mask (uint8 0/255)."""
     rng = np.random.default_rng([seed, ID_BASE[split], index])
     h, w = int(rng.integers(600, 666)), int(rng.integers(222, 242))

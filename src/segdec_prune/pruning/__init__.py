@@ -1,0 +1,1 @@
+"""Structured channel pruning of SegDecNet: criteria, the method table, surgery."""
