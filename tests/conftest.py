@@ -7,8 +7,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from segdec_prune.config import from_dict
+from segdec_prune.data.dataset import KSDD2Dataset, load_split
+from segdec_prune.data.ksdd2 import Preprocessing
+from segdec_prune.model import SegDecNet, Widths
+from segdec_prune.pruning.workflow import calibration_batches
 from segdec_prune.data.synthetic import SynthSpec, write_dataset
 
 
@@ -18,6 +24,33 @@ def tiny_synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     write_dataset(root, SynthSpec(train=30, test=16, positive_fraction=0.35, seed=3))
     return root
+
+
+SMALL = Widths((8, 16, 16, 16, 16, 16, 16, 16, 64), (8, 16, 32))
+SIZE = (128, 64)
+
+
+@pytest.fixture(scope="session")
+def batches(tiny_synth):
+    """Calibration batches (half defective) from the tiny training split at 128x64."""
+    ds = KSDD2Dataset(load_split(tiny_synth, "train", Preprocessing(*SIZE)))
+    return calibration_batches(ds, count=3, batch_size=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(batches):
+    """A narrow SegDecNet given a few SGD steps, so its weights and scores are not init-symmetric."""
+    torch.manual_seed(0)
+    model = SegDecNet(widths=SMALL)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        for b in batches:
+            dec, seg = model(b["image"])
+            loss = F.binary_cross_entropy_with_logits(dec, b["label"]) + F.binary_cross_entropy_with_logits(seg, b["seg"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
 
 
 @pytest.fixture

@@ -34,6 +34,21 @@ def test_synth_check_train_evaluate(tmp_path):
         assert key in metrics
     assert metrics["images"] == 12
 
+    r = runner.invoke(app, ["prune", "--config", str(cfg), "--method", "ours_c1", "--ratio", "0.5", "--finetune-epochs", "1",
+                            "--set", "prune.round_to=16"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["prune", "--config", str(cfg), "--all", "--finetune-epochs", "0",
+                            "--set", "prune.methods=['naive_fn','ours_c4']", "--set", "prune.ratios=[0.3]"])
+    assert r.exit_code == 0, r.output
+    models = sorted(p.stem for p in ckpt.parent.glob("*.pth"))
+    assert models == ["baseline_best", "naive_fn_r30", "ours_c1_r50", "ours_c4_r30"]
+    r = runner.invoke(app, ["profile", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    prof = json.loads((tmp_path / "runs" / "t" / "profiling_results.json").read_text())["models"]
+    assert prof["baseline_best"]["macs_at_640x232"] > 47e9 and prof["baseline_best"]["parameters"] == 15_638_813
+    assert prof["ours_c1_r50"]["widths"]["volume"][-1] == 512 and 0.4 < prof["ours_c1_r50"]["mac_reduction"] < 0.9
+    assert prof["naive_fn_r30"]["param_reduction"] > 0.2
+
 
 def test_user_errors_are_one_clear_line(tmp_path):
     r = runner.invoke(app, ["data", "check", str(tmp_path)])
@@ -46,3 +61,13 @@ def test_user_errors_are_one_clear_line(tmp_path):
     assert r.exit_code == 2 and "train.lr" in r.output
     r = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "x.pth")])
     assert r.exit_code == 2 and "checkpoint not found" in r.output
+    good = tmp_path / "good.toml"
+    good.write_text(f'[run]\ndir = "{tmp_path}"\n')
+    r = runner.invoke(app, ["prune", "--config", str(good), "--method", "l2", "--ratio", "0.2"])
+    assert r.exit_code == 2 and "unknown method 'l2'" in r.output and "naive_l1" in r.output
+    r = runner.invoke(app, ["prune", "--config", str(good), "--method", "naive_l1", "--ratio", "1.2"])
+    assert r.exit_code == 2 and "(0, 1)" in r.output
+    r = runner.invoke(app, ["prune", "--config", str(good), "--method", "naive_l1", "--ratio", "0.2"])
+    assert r.exit_code == 2 and "no baseline checkpoint" in r.output
+    r = runner.invoke(app, ["prune", "--config", str(good), "--set", "prune.ratios=[0.2, 1.0]", "--all"])
+    assert r.exit_code == 2 and "prune.ratios" in r.output

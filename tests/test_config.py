@@ -23,6 +23,9 @@ def test_repository_configs_load():
         ({"train": {"device": "tpu"}}, "train.device"),
         ({"train": {"epocs": 3}}, "train.epocs"),
         ({"model": {}}, "model"),
+        ({"prune": {"methods": ["naive_l2"]}}, "prune.methods"),
+        ({"prune": {"ratios": [0.2, 1.0]}}, "prune.ratios"),
+        ({"prune": {"c3_lambda": 2}}, "prune.c3_lambda"),
     ],
 )
 def test_bad_values_name_the_key(raw, key):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from segdec_prune.data.dataset import EpochSampler, KSDD2Dataset, choose_segmented, load_split, split_validation
-from segdec_prune.data.ksdd2 import DatasetError, Preprocessing, distance_weights, downsize, preprocess, scan_split
+from segdec_prune.data.ksdd2 import DatasetError, Preprocessing, distance_weights, downsize, scan_split
 from segdec_prune.data.synthetic import SynthSpec, render, write_dataset
 
 from .conftest import write_pair

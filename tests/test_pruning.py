@@ -6,38 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from segdec_prune.checkpoint import Checkpoint, InputSpec, save_checkpoint
-from segdec_prune.data.dataset import KSDD2Dataset, load_split, preprocessing_for, train_val_datasets
-from segdec_prune.data.ksdd2 import Preprocessing
+from segdec_prune.data.dataset import preprocessing_for, train_val_datasets
 from segdec_prune.model import SegDecNet, Widths, prunable_convs
 from segdec_prune.pruning.criteria import CRITERIA
 from segdec_prune.pruning.methods import METHODS, UnknownMethodError, get_method, model_name
 from segdec_prune.pruning.prune import prune_model, target_widths
-from segdec_prune.pruning.workflow import calibration_batches, sparsity_penalty, sparsity_trained
+from segdec_prune.pruning.workflow import sparsity_penalty, sparsity_trained
 
-SMALL = Widths((8, 16, 16, 16, 16, 16, 16, 16, 64), (8, 16, 32))
-SIZE = (128, 64)
-
-
-@pytest.fixture(scope="module")
-def batches(tiny_synth):
-    ds = KSDD2Dataset(load_split(tiny_synth, "train", Preprocessing(*SIZE)))
-    return calibration_batches(ds, count=3, batch_size=4, seed=0)
-
-
-@pytest.fixture(scope="module")
-def trained(batches):
-    """A small SegDecNet given a few SGD steps, so scores are not init-symmetric."""
-    torch.manual_seed(0)
-    model = SegDecNet(widths=SMALL)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for _ in range(3):
-        for b in batches:
-            dec, seg = model(b["image"])
-            loss = F.binary_cross_entropy_with_logits(dec, b["label"]) + F.binary_cross_entropy_with_logits(seg, b["seg"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+from .conftest import SIZE, SMALL
 
 
 def test_names_and_errors():
@@ -149,3 +125,14 @@ def test_fn_sparsity_training_lowers_scale_l1(trained, tiny_config):
         ends[lam] = l1(sparsity_trained(baseline, tiny_config, train_set, val_set)).item()
     assert ends[0.5] < l1(model).item() and ends[0.5] < ends[0.0] - 1.0, ends
     assert (tiny_config.run_dir / "models" / "naive_fn_sparsity.pth").is_file()
+
+
+def test_graph_handles_featurenorm_without_warnings(recwarn):
+    from segdec_prune.pruning.prune import build_graph
+
+    model = SegDecNet(widths=SMALL)
+    graph = build_graph(model, torch.rand(1, 3, *SIZE))
+    assert not [w for w in recwarn if "unwrapped" in str(w.message).lower()], [str(w.message) for w in recwarn]
+    group = graph.get_pruning_group(prunable_convs(model)[-1], __import__("torch_pruning").prune_conv_out_channels, idxs=[0])
+    targets = {type(dep.target.module).__name__ for dep, _ in group}
+    assert {"Conv2d", "FeatureNorm"} <= targets  # the FeatureNorm is pruned with its conv

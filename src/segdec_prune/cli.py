@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -214,48 +214,141 @@ def profile(config: ConfigOpt, set_: SetOpt = None) -> None:
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pth).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pth), ONNX file (.onnx) or TensorRT engine.")],
     data: Annotated[Optional[Path], typer.Option(help="Data set root (default: the one it was trained on).")] = None,
     split: str = "test",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the metrics as JSON.")] = None,
     batch_size: int = 8,
+    threads: Annotated[int, typer.Option(help="Intra-op threads (0 = runtime default).")] = 0,
 ) -> None:
-    """Evaluate one checkpoint in PyTorch: AP, AUROC, F1, FP/FN, Dice, IoU."""
+    """Evaluate one model in its runtime: AP, AUROC, F1, FP/FN, Dice, IoU."""
     from .artifacts import write_json
     from .data.dataset import KSDD2Dataset, load_split
     from .data.ksdd2 import Preprocessing
+    from .deploy import open_runtime
     from .evaluation import evaluate_predictions, predict
-    from .runtimes import TorchRuntime
-    from .training import resolve_device
 
     try:
-        ckpt = load_checkpoint(model)
-        spec = ckpt.input_spec
-        root = data or Path(ckpt.metadata.get("config", {}).get("data", {}).get("root", ""))
-        if not str(root):
-            raise DatasetError("this checkpoint does not record its data set; pass --data")
+        if not model.is_file():
+            raise FileNotFoundError(f"{'checkpoint' if model.suffix == '.pth' else 'model'} not found: {model}")
+        runtime, spec, recorded_root = open_runtime(model, threads)
+        root = data or Path(recorded_root)
+        if not recorded_root and data is None:
+            raise DatasetError("this model does not record its data set; pass --data")
         pre = Preprocessing(height=spec.height, width=spec.width, channels=spec.channels, dilate=spec.dilate)
         with _counter(f"loading {split}") as bar:
             task = bar.add_task("", total=None)
             dataset = KSDD2Dataset(load_split(root, split, pre, lambda d, t: bar.update(task, completed=d, total=t)))
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, ValueError, RuntimeError) as exc:
         _fail(exc)
     t0 = time.perf_counter()
-    preds = predict(TorchRuntime(ckpt.model, resolve_device("auto")), dataset, batch_size)
+    preds = predict(runtime, dataset, batch_size)
     try:
         metrics = evaluate_predictions(preds, dataset)
     except ValueError as exc:
         _fail(exc)
     metrics["seconds"] = time.perf_counter() - t0
-    table = Table("metric", "value", title=f"{model.name} on {root}/{split}")
+    table = Table("metric", "value", title=f"{model.name} ({runtime.name}) on {root}/{split}")
     for key in ("ap", "ap_paper", "auroc", "best_f1", "best_threshold", "fp_at_best", "fn_at_best", "precision",
                 "recall", "f1", "fnr", "fp_at_threshold", "fn_at_threshold", "dice", "iou", "images", "positives"):
         v = metrics[key]
         table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
     console.print(table)
     if output:
-        write_json({"model": str(model), "data": str(root), "split": split, **metrics}, output)
+        write_json({"model": str(model), "runtime": runtime.name, "data": str(root), "split": split, **metrics}, output)
         console.print(f"wrote {output}")
+
+
+@app.command()
+def export(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Export every model of the run.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="One checkpoint (.pth).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="ONNX file for --model.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Data for the numerical check (default: the model's).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Export to ONNX and check it against PyTorch on real preprocessed images."""
+    from .data.dataset import load_split
+    from .data.ksdd2 import Preprocessing
+    from .deploy import export_checkpoint, model_paths, onnx_path
+    from .export import ATOL, RTOL, ExportCheckError
+
+    try:
+        if (config is None) == (model is None):
+            raise ConfigError("give either --config (every model of the run) or --model with --output")
+        if config is not None:
+            cfg = load_config(config, set_)
+            jobs = [(p, onnx_path(cfg.run_dir, p.stem)) for p in model_paths(cfg.run_dir)]
+            if not jobs:
+                raise FileNotFoundError(f"no checkpoints in {cfg.run_dir / 'models'}")
+        else:
+            if output is None:
+                raise ConfigError("--model needs --output FILE.onnx")
+            jobs = [(model, output)]
+        first = load_checkpoint(jobs[0][0])
+        spec = first.input_spec
+        root = data or Path(first.metadata.get("config", {}).get("data", {}).get("root", ""))
+        pre = Preprocessing(height=spec.height, width=spec.width, channels=spec.channels, dilate=spec.dilate)
+        samples = load_split(root, "test", pre)[:8]
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    images = np.stack([s["image"].transpose(2, 0, 1) for s in samples]).astype(np.float32) / 255.0
+    table = Table("model", "ONNX", "max |diff| decision", "max |diff| segmentation", title=f"ONNX export (atol {ATOL}, rtol {RTOL})")
+    with _counter("exporting") as bar:
+        task = bar.add_task("", total=len(jobs))
+        for src, dst in jobs:
+            try:
+                rep = export_checkpoint(load_checkpoint(src), src.stem, images, dst)
+            except (CheckpointError, ExportCheckError) as exc:
+                _fail(f"{src}: {exc}")
+            table.add_row(src.stem, str(dst), f"{rep.max_abs_diff_decision:.2e}", f"{rep.max_abs_diff_segmentation:.2e}")
+            bar.advance(task)
+    console.print(table)
+
+
+@app.command()
+def calibrate(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Store deploy.calibration_images preprocessed training images for INT8 calibration."""
+    from .calibration import build_calibration_set, load_calibration
+
+    try:
+        cfg = load_config(config, set_)
+        path = build_calibration_set(cfg)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"calibration set: {len(load_calibration(path))} images -> {path}")
+
+
+@app.command()
+def build(
+    config: ConfigOpt,
+    runtime: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="onnxruntime: fp32, int8; tensorrt: fp32, fp16, int8.")] = "fp32",
+    set_: SetOpt = None,
+) -> None:
+    """Build a runtime artifact for every exported model of the run."""
+    from .calibration import calibration_path, load_calibration
+    from .deploy import build_run, check_runtime
+    from .runtimes.tensorrt_runtime import TensorRTUnavailable
+
+    try:
+        cfg = load_config(config, set_)
+        check_runtime(runtime, precision)
+        calib = load_calibration(calibration_path(cfg)) if precision == "int8" else None
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    try:
+        with _counter(f"building {runtime} {precision}") as bar:
+            task = bar.add_task("", total=None)
+            built = build_run(cfg.run_dir, runtime, precision, calib, cfg.deploy.int8_op_types,
+                              lambda name, path: bar.advance(task))
+    except TensorRTUnavailable as exc:
+        console.print(str(exc))
+        raise typer.Exit(3)
+    except (*USER_ERRORS, RuntimeError) as exc:
+        _fail(exc)
+    for path in built:
+        console.print(f"built {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

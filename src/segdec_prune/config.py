@@ -113,6 +113,28 @@ class PruneConfig:
 
 
 @dataclass
+class DeployConfig:
+    calibration_images: int = 64  # preprocessed training images kept for INT8 calibration
+    calibration_positive_fraction: float = 0.5
+    int8_op_types: list = field(default_factory=lambda: ["Conv"])  # ONNX ops ORT quantizes
+    threads: int = 2  # fixed intra-op threads for every latency figure
+    warmup: int = 5
+    runs: int = 30  # timed batch-1 runs per model and runtime
+    throughput_batch: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require("deploy.calibration_images", self.calibration_images >= 1, f"must be >= 1, got {self.calibration_images}")
+        f = self.calibration_positive_fraction
+        _require("deploy.calibration_positive_fraction", 0 <= f <= 1, f"must be in [0, 1], got {f}")
+        _require("deploy.int8_op_types", bool(self.int8_op_types), "must name at least one ONNX op type")
+        _require("deploy.threads", self.threads >= 1, f"must be >= 1, got {self.threads}")
+        _require("deploy.runs", self.runs >= 3, f"must be >= 3, got {self.runs}")
+        _require("deploy.warmup", self.warmup >= 0, f"must be >= 0, got {self.warmup}")
+        _require("deploy.throughput_batch", self.throughput_batch >= 1, f"must be >= 1, got {self.throughput_batch}")
+
+
+@dataclass
 class RunConfig:
     name: str = "demo"
     dir: str = "runs"
@@ -126,6 +148,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     run: RunConfig = field(default_factory=RunConfig)
     source: str = ""  # the file it came from, for messages
 
@@ -134,7 +157,7 @@ class Config:
         return Path(self.run.dir) / self.run.name
 
     def validate(self) -> "Config":
-        for section in (self.data, self.train, self.prune, self.run):
+        for section in (self.data, self.train, self.prune, self.deploy, self.run):
             section.validate()
         return self
 
@@ -142,7 +165,7 @@ class Config:
         return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
 
 
-SECTIONS = ("data", "train", "prune", "run")
+SECTIONS = ("data", "train", "prune", "deploy", "run")
 
 
 def _require(key: str, ok: bool, why: str) -> None:

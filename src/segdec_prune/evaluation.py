@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -112,3 +114,39 @@ def evaluate_predictions(preds: Predictions, dataset: KSDD2Dataset, seg_threshol
     )
     metrics.update(images=int(len(preds.labels)), positives=int(preds.labels.sum()))
     return metrics
+
+
+def measure_latency(runtime: Runtime, sample: np.ndarray, warmup: int = 5, runs: int = 30,
+                    throughput_batch: int = 8, sync: Callable[[], None] | None = None) -> dict[str, float | int]:
+    """Batch-1 latency (median, p90, ms) and throughput (images/s) at a larger batch.
+
+    `sample` is one preprocessed image [C,H,W]; `sync` (e.g. torch.cuda.synchronize) is called
+    before each clock read on asynchronous devices. Thread counts are fixed by the runtime.
+    """
+    one = np.ascontiguousarray(sample[None], dtype=np.float32)
+    many = np.ascontiguousarray(np.repeat(one, throughput_batch, axis=0))
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        runtime.predict(one)
+    times = []
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        runtime.predict(one)
+        sync()
+        times.append(time.perf_counter() - t0)
+    runtime.predict(many)
+    n_batches = max(3, runs // throughput_batch)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        runtime.predict(many)
+    sync()
+    elapsed = time.perf_counter() - t0
+    return {
+        "latency_ms_median": float(np.median(times) * 1e3),
+        "latency_ms_p90": float(np.percentile(times, 90) * 1e3),
+        "latency_runs": runs,
+        "throughput_ips": float(n_batches * throughput_batch / elapsed),
+        "throughput_batch": throughput_batch,
+    }

@@ -1,0 +1,85 @@
+"""Does pruning make the shipped model faster? Measured side by side, in one run.
+
+Baseline and one method's r20/r40/r60 models in PyTorch, ONNX Runtime FP32 and ONNX Runtime
+INT8 (CPU, fixed threads): batch-1 latency, speedup versus the baseline in the same runtime,
+next to the MAC reduction, and test AP per runtime. Needs a run that has been trained, pruned,
+exported, calibrated and built (see the README).
+
+    python benchmarks/runtimes.py --config configs/demo.toml --method naive_l1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from segdec_prune.artifacts import write_json
+from segdec_prune.config import load_config
+from segdec_prune.data.dataset import KSDD2Dataset, load_split, preprocessing_for
+from segdec_prune.deploy import onnx_path, open_runtime
+from segdec_prune.evaluation import classification_metrics, measure_latency, predict
+from segdec_prune.profiling import macs_and_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.toml")
+    ap.add_argument("--method", default="naive_l1")
+    ap.add_argument("--ratios", nargs="*", type=int, default=[20, 40, 60])
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args()
+    console = Console()
+    cfg = load_config(args.config)
+    run, dep = cfg.run_dir, cfg.deploy
+    test_set = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
+    sample = test_set[0]["image"].numpy()
+    names = ["baseline_best"] + [f"{args.method}_r{r}" for r in args.ratios]
+    artifacts = {"torch": lambda n: run / "models" / f"{n}.pth",
+                 "onnxruntime-fp32": lambda n: onnx_path(run, n),
+                 "onnxruntime-int8": lambda n: onnx_path(run, n, "int8")}
+    rows = []
+    for name in names:
+        for runtime, where in artifacts.items():
+            path = where(name)
+            if not path.is_file():
+                console.print(f"[yellow]missing {path}: skipped[/]")
+                continue
+            rt, spec, _ = open_runtime(path, threads=dep.threads)
+            lat = measure_latency(rt, sample, dep.warmup, dep.runs, dep.throughput_batch)
+            preds = predict(rt, test_set, batch_size=dep.throughput_batch)
+            row = {"model": name, "runtime": runtime, "ap": classification_metrics(preds.labels, preds.scores)["ap"], **lat}
+            if runtime == "torch":
+                from segdec_prune.checkpoint import load_checkpoint
+
+                row["macs"] = macs_and_params(load_checkpoint(path).model, spec.height, spec.width)[0]
+            rows.append(row)
+            console.print(f"{name:>16} {runtime:>17}: {lat['latency_ms_median']:.2f} ms, AP {row['ap']:.4f}")
+    macs = {r["model"]: r["macs"] for r in rows if "macs" in r}
+    base = {r["runtime"]: r["latency_ms_median"] for r in rows if r["model"] == "baseline_best"}
+    table = Table("model", "runtime", "MAC red.", "median ms", "p90 ms", "speedup", "img/s", "test AP",
+                  title=f"batch 1, {dep.threads} threads, {platform.processor() or platform.machine()} ({os.cpu_count()} cores)")
+    for r in rows:
+        r["mac_reduction"] = 1 - macs[r["model"]] / macs["baseline_best"] if r["model"] in macs else None
+        r["speedup"] = base[r["runtime"]] / r["latency_ms_median"] if r["runtime"] in base else None
+        table.add_row(r["model"], r["runtime"], f"{r['mac_reduction']:.1%}" if r["mac_reduction"] is not None else "-",
+                      f"{r['latency_ms_median']:.2f}", f"{r['latency_ms_p90']:.2f}",
+                      f"{r['speedup']:.2f}x" if r["speedup"] else "-", f"{r['throughput_ips']:.1f}", f"{r['ap']:.4f}")
+    console.print(table)
+    fp32 = {r["model"]: r for r in rows if r["runtime"] == "onnxruntime-fp32"}
+    for r in rows:
+        if r["runtime"] == "onnxruntime-int8" and r["model"] in fp32:
+            f = fp32[r["model"]]
+            console.print(f"{r['model']}: INT8 vs FP32 speedup {f['latency_ms_median'] / r['latency_ms_median']:.2f}x, "
+                          f"AP change {100 * (r['ap'] - f['ap']):+.2f} points")
+    out = Path(args.output or run / "runtime_benchmark.json")
+    write_json({"threads": dep.threads, "cpu": platform.processor() or platform.machine(), "rows": rows}, out)
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Deployment artifacts of a run: verified ONNX files, INT8 ONNX files, TensorRT engines.
+
+    models/{name}.pth -> onnx/{name}.onnx -> onnx/{name}_int8.onnx   (ONNX Runtime, CPU)
+                                          -> engines/{name}_fp16.engine, _int8.engine (TensorRT)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .checkpoint import Checkpoint, InputSpec, load_checkpoint
+from .export import export_and_verify
+
+RUNTIMES = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+
+
+def model_paths(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, baseline first (helper files such as the FN sparsity model excluded)."""
+    paths = [p for p in (run_dir / "models").glob("*.pth") if not p.stem.endswith("_sparsity")]
+    return sorted(paths, key=lambda p: (p.stem != "baseline_best", p.stem))
+
+
+def onnx_path(run_dir: Path, name: str, precision: str = "fp32") -> Path:
+    return run_dir / "onnx" / (f"{name}.onnx" if precision == "fp32" else f"{name}_{precision}.onnx")
+
+
+def engine_path(run_dir: Path, name: str, precision: str) -> Path:
+    return run_dir / "engines" / f"{name}_{precision}.engine"
+
+
+def export_checkpoint(ckpt: Checkpoint, name: str, images: np.ndarray, out: Path):
+    """Export + verify one model; records its input spec in the ONNX metadata."""
+    spec = ckpt.input_spec
+    meta = {"segdec_prune.name": name, "segdec_prune.input_spec": json.dumps(asdict(spec)),
+            "segdec_prune.data_root": ckpt.metadata.get("config", {}).get("data", {}).get("root", "")}
+    return export_and_verify(ckpt.model, spec.height, spec.width, images, out, meta)
+
+
+def onnx_input_spec(path: str | Path) -> tuple[InputSpec, str]:
+    """The input spec and data root recorded at export."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "segdec_prune.input_spec" not in props:
+        raise ValueError(f"{path} was not exported by segdec-prune (no input spec in its metadata)")
+    return InputSpec.from_dict(json.loads(props["segdec_prune.input_spec"])), props.get("segdec_prune.data_root", "")
+
+
+def export_run(run_dir: Path, images: np.ndarray) -> list:
+    return [export_checkpoint(load_checkpoint(p), p.stem, images, onnx_path(run_dir, p.stem)) for p in model_paths(run_dir)]
+
+
+def check_runtime(runtime: str, precision: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    if precision not in RUNTIMES[runtime]:
+        raise ValueError(f"{runtime} builds {', '.join(RUNTIMES[runtime])}, not {precision!r}")
+
+
+def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calibration: np.ndarray | None,
+                   int8_op_types: Sequence[str] = ("Conv",)) -> Path:
+    """Build one model's artifact for a runtime and precision from its verified ONNX file."""
+    check_runtime(runtime, precision)
+    fp32 = onnx_path(run_dir, name)
+    if not fp32.is_file():
+        raise FileNotFoundError(f"no ONNX file {fp32}; run `segdec-prune export --config ...` first")
+    spec, _ = onnx_input_spec(fp32)
+    if precision == "int8":
+        if calibration is None:
+            raise FileNotFoundError("INT8 needs the calibration set; run `segdec-prune calibrate --config ...` first")
+        from .runtimes.onnxruntime_runtime import quantize_int8
+
+        q = onnx_path(run_dir, name, "int8")
+        if runtime == "onnxruntime" or not q.is_file():
+            quantize_int8(fp32, q, calibration, int8_op_types)
+    if runtime == "onnxruntime":
+        from .runtimes.onnxruntime_runtime import OnnxRuntime
+
+        out = onnx_path(run_dir, name, precision)
+        OnnxRuntime(out, threads=1)  # it must load, or it does not count as built
+        return out
+    from .runtimes.tensorrt_runtime import build_engine
+
+    source = onnx_path(run_dir, name, "int8") if precision == "int8" else fp32
+    return build_engine(source, engine_path(run_dir, name, precision), precision, (spec.channels, spec.height, spec.width))
+
+
+def build_run(run_dir: Path, runtime: str, precision: str, calibration: np.ndarray | None,
+              int8_op_types: Sequence[str] = ("Conv",), on_model: Callable[[str, Path], None] | None = None) -> list[Path]:
+    check_runtime(runtime, precision)
+    if runtime == "tensorrt":
+        from .runtimes.tensorrt_runtime import TensorRTUnavailable, unavailable_reason
+
+        if reason := unavailable_reason():
+            raise TensorRTUnavailable(f"tensorrt skipped: {reason}")
+    built = []
+    for p in model_paths(run_dir):
+        built.append(build_artifact(run_dir, p.stem, runtime, precision, calibration, int8_op_types))
+        if on_model:
+            on_model(p.stem, built[-1])
+    return built
+
+
+def open_runtime(path: str | Path, threads: int = 0):
+    """A runtime for any artifact: .pth (PyTorch), .onnx (ONNX Runtime), .engine (TensorRT)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from .runtimes.onnxruntime_runtime import OnnxRuntime
+
+        spec, root = onnx_input_spec(path)
+        return OnnxRuntime(path, threads, "int8" if path.stem.endswith("_int8") else "fp32"), spec, root
+    if path.suffix == ".engine":
+        from .runtimes.tensorrt_runtime import TensorRTRuntime
+
+        name = path.stem.rsplit("_", 1)[0]
+        spec, root = onnx_input_spec(path.parent.parent / "onnx" / f"{name}.onnx")
+        return TensorRTRuntime(path, path.stem.rsplit("_", 1)[1]), spec, root
+    import torch
+
+    from .runtimes import TorchRuntime
+    from .training import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(path)
+    root = ckpt.metadata.get("config", {}).get("data", {}).get("root", "")
+    return TorchRuntime(ckpt.model, resolve_device("auto")), ckpt.input_spec, root

@@ -1,0 +1,76 @@
+"""ONNX Runtime on the CPU: FP32, and static INT8 (QDQ) calibrated on the calibration set.
+
+Only the ops named in `deploy.int8_op_types` are quantized (default: Conv). The convolutions
+hold almost all of SegDecNet's MACs, so that is where INT8 pays; quantizing the FeatureNorm
+arithmetic and the global pooling as well costs accuracy (the normalisation divides by a
+per-image std) and has produced graphs that fail at run time, for no speed-up worth having.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+
+from ..artifacts import atomic_write
+from ..export import INPUT, OUTPUTS
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0, precision: str = "fp32") -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.device = "cpu"
+        self.precision = precision
+        self.threads = threads
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dec, seg = self.session.run(list(OUTPUTS), {INPUT: np.ascontiguousarray(images, dtype=np.float32)})
+        return dec[:, 0], seg
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, images: np.ndarray, batch: int = 8) -> None:
+        self.batches = iter([images[i : i + batch] for i in range(0, len(images), batch)])
+
+    def get_next(self):
+        b = next(self.batches, None)
+        return None if b is None else {INPUT: np.ascontiguousarray(b, dtype=np.float32)}
+
+
+def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray,
+                  op_types: Sequence[str] = ("Conv",), symmetric_activations: bool = True) -> Path:
+    """Static INT8 in QDQ format (S8S8, per-channel weights, MinMax calibration).
+
+    Symmetric activations make the same file usable by TensorRT's explicit quantization.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+
+        def write(out: Path) -> None:
+            quantize_static(
+                str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                op_types_to_quantize=list(op_types), calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": symmetric_activations},
+            )
+
+        return atomic_write(int8_path, write)

@@ -1,0 +1,107 @@
+"""ONNX export, ONNX Runtime FP32/INT8, latency, and the TensorRT path (skipped without a GPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from segdec_prune.checkpoint import InputSpec, save_checkpoint
+from segdec_prune.deploy import build_artifact, build_run, onnx_input_spec, open_runtime
+from segdec_prune.evaluation import measure_latency
+from segdec_prune.export import ExportCheckError, compare, export_and_verify, export_onnx
+from segdec_prune.model import SegDecNet
+from segdec_prune.pruning.methods import get_method
+from segdec_prune.pruning.prune import prune_model
+from segdec_prune.runtimes import TorchRuntime
+from segdec_prune.runtimes.onnxruntime_runtime import OnnxRuntime, quantize_int8
+from segdec_prune.runtimes.tensorrt_runtime import TensorRTUnavailable, unavailable_reason
+
+from .conftest import SIZE, SMALL
+
+
+@pytest.fixture(scope="module")
+def images(batches):
+    return torch.cat([b["image"] for b in batches]).numpy()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, trained, batches, images):
+    """A run folder with a baseline and a pruned model, both exported."""
+    run = tmp_path_factory.mktemp("run")
+    spec = InputSpec(height=SIZE[0], width=SIZE[1])
+    pruned, _ = prune_model(trained, get_method("naive_l1"), 0.5, batches, SIZE)
+    for name, model in (("baseline_best", trained), ("naive_l1_r50", pruned)):
+        save_checkpoint(run / "models" / f"{name}.pth", model, spec, {"name": name})
+        meta = {"segdec_prune.input_spec": '{"channels": 3, "height": 128, "width": 64, "dilate": 15}'}
+        export_and_verify(model, *SIZE, images[:4], run / "onnx" / f"{name}.onnx", meta)
+    return run
+
+
+@pytest.mark.parametrize("name", ["baseline_best", "naive_l1_r50"])
+def test_export_matches_pytorch_with_dynamic_batch(run_dir, name, trained, images):
+    from segdec_prune.checkpoint import load_checkpoint
+
+    model = load_checkpoint(run_dir / "models" / f"{name}.pth").model
+    ort = OnnxRuntime(run_dir / "onnx" / f"{name}.onnx", threads=1)
+    dec, seg = ort.predict(images[:5])  # exported with batch 2, run with 5
+    ref_dec, ref_seg = TorchRuntime(model).predict(images[:5])
+    np.testing.assert_allclose(dec, ref_dec, atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(seg, ref_seg, atol=1e-3, rtol=1e-3)
+    assert seg.shape == (5, 1, 16, 8)
+    assert onnx_input_spec(run_dir / "onnx" / f"{name}.onnx")[0].height == 128
+
+
+def test_export_check_fails_loudly(trained, images):
+    proto = export_onnx(trained, *SIZE)
+    other = SegDecNet(widths=SMALL)  # different weights, same graph
+    with pytest.raises(ExportCheckError, match="differs from PyTorch by up to"):
+        compare(other, proto, images[:2])
+
+
+def test_int8_runs_and_tracks_fp32(run_dir, images, trained):
+    q = quantize_int8(run_dir / "onnx" / "baseline_best.onnx", run_dir / "onnx" / "baseline_best_int8.onnx", images)
+    int8 = OnnxRuntime(q, threads=1, precision="int8")
+    fp32 = OnnxRuntime(run_dir / "onnx" / "baseline_best.onnx", threads=1)
+    d8, s8 = int8.predict(images)
+    d32, s32 = fp32.predict(images)
+    assert np.corrcoef(d8, d32)[0, 1] > 0.9
+    assert np.corrcoef(s8.ravel(), s32.ravel())[0, 1] > 0.9
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+
+
+def test_build_run_onnxruntime_and_open_runtime(run_dir, images):
+    built = build_run(run_dir, "onnxruntime", "int8", images)
+    assert sorted(p.name for p in built) == ["baseline_best_int8.onnx", "naive_l1_r50_int8.onnx"]
+    rt, spec, _ = open_runtime(built[1], threads=1)
+    assert rt.precision == "int8" and spec.width == 64
+    with pytest.raises(ValueError, match="onnxruntime builds fp32, int8"):
+        build_artifact(run_dir, "baseline_best", "onnxruntime", "fp16", None)
+    with pytest.raises(FileNotFoundError, match="export"):
+        build_artifact(run_dir, "nope", "onnxruntime", "fp32", None)
+
+
+def test_latency_reports_fields_without_timing_asserts(trained, images):
+    res = measure_latency(TorchRuntime(trained), images[0], warmup=1, runs=3, throughput_batch=2)
+    assert res["latency_runs"] == 3 and res["throughput_batch"] == 2
+    assert 0 < res["latency_ms_median"] <= res["latency_ms_p90"] and res["throughput_ips"] > 0
+
+
+@pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and a GPU are present")
+def test_tensorrt_reports_skip_without_gpu(run_dir):
+    with pytest.raises(TensorRTUnavailable, match="tensorrt skipped: "):
+        build_run(run_dir, "tensorrt", "fp16", None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(unavailable_reason() is not None, reason=f"TensorRT unusable here: {unavailable_reason()}")
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_engine_matches_pytorch(run_dir, images, trained, precision):
+    from segdec_prune.runtimes.tensorrt_runtime import TensorRTRuntime
+
+    path = build_artifact(run_dir, "baseline_best", "tensorrt", precision, images)
+    dec, seg = TensorRTRuntime(path, precision).predict(images[:4])
+    ref_dec, _ = TorchRuntime(trained).predict(images[:4])
+    assert seg.shape == (4, 1, 16, 8)
+    assert np.corrcoef(dec, ref_dec)[0, 1] > 0.95
