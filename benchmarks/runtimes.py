@@ -1,8 +1,8 @@
 """Does pruning make the shipped model faster? Measured side by side, in one run.
 
 Baseline and one method's r20/r40/r60 models in PyTorch, ONNX Runtime FP32 and ONNX Runtime
-INT8 (CPU, fixed threads): batch-1 latency, speedup versus the baseline in the same runtime,
-next to the MAC reduction, and test AP per runtime. Needs a run that has been trained, pruned,
+INT8 (CPU, fixed threads): batch-1 latency (interleaved rounds across all models), speedup
+versus the baseline in the same runtime next to the MAC reduction, and test AP per runtime. Needs a run that has been trained, pruned,
 exported, calibrated and built (see the README).
 
     python benchmarks/runtimes.py --config configs/demo.toml --method naive_l1
@@ -15,14 +15,16 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from segdec_prune.artifacts import write_json
+from segdec_prune.checkpoint import load_checkpoint
 from segdec_prune.config import load_config
 from segdec_prune.data.dataset import KSDD2Dataset, load_split, preprocessing_for
 from segdec_prune.deploy import onnx_path, open_runtime
-from segdec_prune.evaluation import classification_metrics, measure_latency, predict
+from segdec_prune.evaluation import classification_metrics, latency_samples, latency_summary, predict
 from segdec_prune.profiling import macs_and_params
 
 
@@ -37,12 +39,12 @@ def main() -> None:
     cfg = load_config(args.config)
     run, dep = cfg.run_dir, cfg.deploy
     test_set = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
-    sample = test_set[0]["image"].numpy()
+    one = test_set[0]["image"].numpy()[None]
     names = ["baseline_best"] + [f"{args.method}_r{r}" for r in args.ratios]
     artifacts = {"torch": lambda n: run / "models" / f"{n}.pth",
                  "onnxruntime-fp32": lambda n: onnx_path(run, n),
                  "onnxruntime-int8": lambda n: onnx_path(run, n, "int8")}
-    rows = []
+    rows, runtimes = [], []
     for name in names:
         for runtime, where in artifacts.items():
             path = where(name)
@@ -50,15 +52,26 @@ def main() -> None:
                 console.print(f"[yellow]missing {path}: skipped[/]")
                 continue
             rt, spec, _ = open_runtime(path, threads=dep.threads)
-            lat = measure_latency(rt, sample, dep.warmup, dep.runs, dep.throughput_batch)
             preds = predict(rt, test_set, batch_size=dep.throughput_batch)
-            row = {"model": name, "runtime": runtime, "ap": classification_metrics(preds.labels, preds.scores)["ap"], **lat}
+            row = {"model": name, "runtime": runtime, "ap": classification_metrics(preds.labels, preds.scores)["ap"]}
             if runtime == "torch":
-                from segdec_prune.checkpoint import load_checkpoint
-
                 row["macs"] = macs_and_params(load_checkpoint(path).model, spec.height, spec.width)[0]
             rows.append(row)
-            console.print(f"{name:>16} {runtime:>17}: {lat['latency_ms_median']:.2f} ms, AP {row['ap']:.4f}")
+            runtimes.append(rt)
+            latency_samples(rt, one, dep.warmup)
+    # Interleaved rounds, so drift in a noisy machine's speed hits every model alike.
+    rounds = 5
+    times: list[list[float]] = [[] for _ in rows]
+    many: list[list[float]] = [[] for _ in rows]
+    batch = np.repeat(one, dep.throughput_batch, axis=0)
+    for _ in range(rounds):
+        for i, rt in enumerate(runtimes):
+            times[i] += latency_samples(rt, one, max(1, dep.runs // rounds))
+            many[i] += latency_samples(rt, batch, 1)
+    for row, t, m in zip(rows, times, many):
+        row.update(latency_summary(t))
+        row.update(latency_summary(m, dep.throughput_batch))
+        console.print(f"{row['model']:>16} {row['runtime']:>17}: {row['latency_ms_median']:.2f} ms, AP {row['ap']:.4f}")
     macs = {r["model"]: r["macs"] for r in rows if "macs" in r}
     base = {r["runtime"]: r["latency_ms_median"] for r in rows if r["model"] == "baseline_best"}
     table = Table("model", "runtime", "MAC red.", "median ms", "p90 ms", "speedup", "img/s", "test AP",

@@ -36,8 +36,9 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)])
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+def _fail(exc: Exception | str) -> None:
+    console.print("[bold red]error:[/]", end=" ")
+    console.print(str(exc), markup=False, highlight=False)
     raise typer.Exit(2)
 
 
@@ -329,7 +330,7 @@ def build(
     """Build a runtime artifact for every exported model of the run."""
     from .calibration import calibration_path, load_calibration
     from .deploy import build_run, check_runtime
-    from .runtimes.tensorrt_runtime import TensorRTUnavailable
+    from .runtimes.tensorrt_runtime import TensorRTUnavailable, unavailable_reason
 
     try:
         cfg = load_config(config, set_)
@@ -337,14 +338,16 @@ def build(
         calib = load_calibration(calibration_path(cfg)) if precision == "int8" else None
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
+    if runtime == "tensorrt" and (reason := unavailable_reason()):
+        console.print(f"tensorrt skipped: {reason}", markup=False, highlight=False)
+        raise typer.Exit(3)
     try:
         with _counter(f"building {runtime} {precision}") as bar:
             task = bar.add_task("", total=None)
             built = build_run(cfg.run_dir, runtime, precision, calib, cfg.deploy.int8_op_types,
                               lambda name, path: bar.advance(task))
-    except TensorRTUnavailable as exc:
-        console.print(str(exc))
-        raise typer.Exit(3)
+    except TensorRTUnavailable as exc:  # e.g. TensorRT 11 without the FP16 flag
+        _fail(exc)
     except (*USER_ERRORS, RuntimeError) as exc:
         _fail(exc)
     for path in built:

@@ -1,7 +1,9 @@
 """Deployment artifacts of a run: verified ONNX files, INT8 ONNX files, TensorRT engines.
 
-    models/{name}.pth -> onnx/{name}.onnx -> onnx/{name}_int8.onnx   (ONNX Runtime, CPU)
-                                          -> engines/{name}_fp16.engine, _int8.engine (TensorRT)
+    models/{name}.pth -> onnx/{name}.onnx -> onnx/{name}_int8.onnx        (ONNX Runtime, CPU; U8S8)
+                                          -> engines/{name}_fp16.engine     (TensorRT)
+                                          -> engines/{name}_int8_qdq.onnx -> engines/{name}_int8.engine
+                                             (symmetric S8S8 Q/DQ for TensorRT's explicit quantization)
 """
 
 from __future__ import annotations
@@ -74,9 +76,8 @@ def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calib
             raise FileNotFoundError("INT8 needs the calibration set; run `segdec-prune calibrate --config ...` first")
         from .runtimes.onnxruntime_runtime import quantize_int8
 
-        q = onnx_path(run_dir, name, "int8")
-        if runtime == "onnxruntime" or not q.is_file():
-            quantize_int8(fp32, q, calibration, int8_op_types)
+        q = onnx_path(run_dir, name, "int8") if runtime == "onnxruntime" else engine_path(run_dir, name, "int8_qdq")
+        quantize_int8(fp32, q.with_suffix(".onnx"), calibration, int8_op_types, for_tensorrt=runtime == "tensorrt")
     if runtime == "onnxruntime":
         from .runtimes.onnxruntime_runtime import OnnxRuntime
 
@@ -85,7 +86,7 @@ def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calib
         return out
     from .runtimes.tensorrt_runtime import build_engine
 
-    source = onnx_path(run_dir, name, "int8") if precision == "int8" else fp32
+    source = engine_path(run_dir, name, "int8_qdq").with_suffix(".onnx") if precision == "int8" else fp32
     return build_engine(source, engine_path(run_dir, name, precision), precision, (spec.channels, spec.height, spec.width))
 
 

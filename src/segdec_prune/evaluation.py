@@ -116,6 +116,27 @@ def evaluate_predictions(preds: Predictions, dataset: KSDD2Dataset, seg_threshol
     return metrics
 
 
+def latency_samples(runtime: Runtime, batch: np.ndarray, runs: int, sync: Callable[[], None] | None = None) -> list[float]:
+    """Seconds per `runtime.predict(batch)` call, `runs` times (no warm-up)."""
+    sync = sync or (lambda: None)
+    times = []
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        runtime.predict(batch)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def latency_summary(times: list[float], batch: int = 1) -> dict[str, float | int]:
+    return {
+        "latency_ms_median": float(np.median(times) * 1e3),
+        "latency_ms_p90": float(np.percentile(times, 90) * 1e3),
+        "latency_runs": len(times),
+    } if batch == 1 else {"throughput_ips": float(batch * len(times) / np.sum(times)), "throughput_batch": batch}
+
+
 def measure_latency(runtime: Runtime, sample: np.ndarray, warmup: int = 5, runs: int = 30,
                     throughput_batch: int = 8, sync: Callable[[], None] | None = None) -> dict[str, float | int]:
     """Batch-1 latency (median, p90, ms) and throughput (images/s) at a larger batch.
@@ -125,28 +146,8 @@ def measure_latency(runtime: Runtime, sample: np.ndarray, warmup: int = 5, runs:
     """
     one = np.ascontiguousarray(sample[None], dtype=np.float32)
     many = np.ascontiguousarray(np.repeat(one, throughput_batch, axis=0))
-    sync = sync or (lambda: None)
-    for _ in range(warmup):
-        runtime.predict(one)
-    times = []
-    for _ in range(runs):
-        sync()
-        t0 = time.perf_counter()
-        runtime.predict(one)
-        sync()
-        times.append(time.perf_counter() - t0)
-    runtime.predict(many)
-    n_batches = max(3, runs // throughput_batch)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(n_batches):
-        runtime.predict(many)
-    sync()
-    elapsed = time.perf_counter() - t0
-    return {
-        "latency_ms_median": float(np.median(times) * 1e3),
-        "latency_ms_p90": float(np.percentile(times, 90) * 1e3),
-        "latency_runs": runs,
-        "throughput_ips": float(n_batches * throughput_batch / elapsed),
-        "throughput_batch": throughput_batch,
-    }
+    latency_samples(runtime, one, warmup, sync)
+    result = latency_summary(latency_samples(runtime, one, runs, sync))
+    latency_samples(runtime, many, 1, sync)
+    result.update(latency_summary(latency_samples(runtime, many, max(3, runs // throughput_batch), sync), throughput_batch))
+    return result

@@ -56,10 +56,12 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray,
-                  op_types: Sequence[str] = ("Conv",), symmetric_activations: bool = True) -> Path:
-    """Static INT8 in QDQ format (S8S8, per-channel weights, MinMax calibration).
+                  op_types: Sequence[str] = ("Conv",), for_tensorrt: bool = False) -> Path:
+    """Static INT8 in QDQ format: per-channel int8 weights, MinMax calibration.
 
-    Symmetric activations make the same file usable by TensorRT's explicit quantization.
+    For ONNX Runtime on x86 the activations are asymmetric uint8 (U8S8): its VNNI kernels take
+    u8 x s8, and on the development CPU U8S8 ran 2.5x faster than FP32 where S8S8 ran slower.
+    TensorRT's explicit quantization needs symmetric int8 activations (`for_tensorrt=True`).
     """
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -68,9 +70,9 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
         def write(out: Path) -> None:
             quantize_static(
                 str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=list(op_types), calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": symmetric_activations},
+                activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(op_types),
+                calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": for_tensorrt},
             )
 
         return atomic_write(int8_path, write)

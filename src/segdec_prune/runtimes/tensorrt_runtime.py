@@ -1,4 +1,4 @@
-"""TensorRT 10 engines (FP16 from the FP32 ONNX file, INT8 from the Q/DQ ONNX file) and a runtime.
+"""TensorRT 10 engines (FP16 from the FP32 ONNX file, INT8 from a symmetric Q/DQ ONNX file) and a runtime.
 
 Importable without TensorRT or a GPU: `unavailable_reason()` says why the runtime cannot be
 used here, and the pipeline records it as skipped. INT8 uses explicit quantization (the
