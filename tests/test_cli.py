@@ -49,6 +49,29 @@ def test_synth_check_train_evaluate(tmp_path):
     assert prof["ours_c1_r50"]["widths"]["volume"][-1] == 512 and 0.4 < prof["ours_c1_r50"]["mac_reduction"] < 0.9
     assert prof["naive_fn_r30"]["param_reduction"] > 0.2
 
+    r = runner.invoke(app, ["export", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "t" / "onnx" / "ours_c1_r50.onnx").is_file()
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--runtime", "onnxruntime", "--precision", "int8"])
+    assert r.exit_code == 2 and "calibrate" in r.output  # INT8 needs the calibration set first
+    r = runner.invoke(app, ["calibrate", "--config", str(cfg), "--set", "deploy.calibration_images=8"])
+    assert r.exit_code == 0 and "8 images" in r.output, r.output
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--runtime", "onnxruntime", "--precision", "int8"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--runtime", "tensorrt", "--precision", "fp16"])
+    if r.exit_code == 3:  # no TensorRT/GPU here: one line saying why
+        assert r.output.startswith("tensorrt skipped: ") and len(r.output.strip().splitlines()) <= 2
+    r = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "runs" / "t" / "onnx" / "ours_c1_r50_int8.onnx")])
+    assert r.exit_code == 0 and "onnxruntime" in r.output, r.output
+    r = runner.invoke(app, ["evaluate", "--config", str(cfg), "--set", "deploy.runs=3", "--set", "deploy.warmup=1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "runs" / "t" / "real_evaluation_results.json").read_text())
+    combos = {(x["model"], x["runtime"], x["dtype"]) for x in res["records"]}
+    assert len(combos) == 4 * 3 and ("ours_c4_r30", "onnxruntime", "int8") in combos
+    for rec in res["records"]:
+        assert {"ap", "auroc", "best_f1", "fp_at_best", "fn_at_best", "dice", "latency_ms_median", "latency_ms_p90",
+                "throughput_ips", "threads", "device", "mac_reduction", "widths", "method", "ratio"} <= set(rec)
+
 
 def test_user_errors_are_one_clear_line(tmp_path):
     r = runner.invoke(app, ["data", "check", str(tmp_path)])

@@ -213,16 +213,46 @@ def profile(config: ConfigOpt, set_: SetOpt = None) -> None:
     console.print(f"wrote {cfg.run_dir / 'profiling_results.json'}")
 
 
+def _evaluate_run(config: Path, set_: list[str] | None) -> None:
+    from .results import RESULTS_FILE, evaluate_run
+    from .training import new_progress
+
+    try:
+        cfg = load_config(config, set_)
+        with new_progress() as bar:
+            task = bar.add_task("evaluating", total=None, info="")
+            result = evaluate_run(cfg, lambda step: bar.update(task, advance=1, info=step))
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    table = Table("model", "runtime", "AP", "AUROC", "F1*", "FP*", "FN*", "Dice", "ms (b1)", "speedup", "MAC red.",
+                  title=f"test set, {cfg.deploy.threads} threads (* at the best-F1 threshold)")
+    for r in result["records"]:
+        table.add_row(r["model"], f"{r['runtime']} {r['dtype']}", f"{r['ap']:.4f}", f"{r['auroc']:.4f}",
+                      f"{r['best_f1']:.3f}", str(r["fp_at_best"]), str(r["fn_at_best"]), f"{r['dice']:.3f}",
+                      f"{r['latency_ms_median']:.1f}", f"{r['speedup_vs_baseline']:.2f}x" if r["speedup_vs_baseline"] else "-",
+                      f"{r['mac_reduction']:.1%}" if r["mac_reduction"] is not None else "-")
+    console.print(table)
+    for s in result["skipped"]:
+        console.print(f"skipped {s.get('model', '')} {s['runtime']}: {s['reason']}", markup=False, highlight=False)
+    console.print(f"wrote {cfg.run_dir / RESULTS_FILE}")
+
+
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pth), ONNX file (.onnx) or TensorRT engine.")],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint (.pth), ONNX file (.onnx) or TensorRT engine.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Evaluate every model x runtime of the run.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Data set root (default: the one it was trained on).")] = None,
     split: str = "test",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the metrics as JSON.")] = None,
     batch_size: int = 8,
     threads: Annotated[int, typer.Option(help="Intra-op threads (0 = runtime default).")] = 0,
+    set_: SetOpt = None,
 ) -> None:
-    """Evaluate one model in its runtime: AP, AUROC, F1, FP/FN, Dice, IoU."""
+    """Evaluate one model in its runtime (--model), or every model x runtime of a run (--config)."""
+    if (model is None) == (config is None):
+        _fail("give either --model FILE or --config CFG")
+    if config is not None:
+        return _evaluate_run(config, set_)
     from .artifacts import write_json
     from .data.dataset import KSDD2Dataset, load_split
     from .data.ksdd2 import Preprocessing

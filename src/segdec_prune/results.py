@@ -1,0 +1,100 @@
+"""Evaluate every model of a run on every runtime built for it -> real_evaluation_results.json.
+
+One record per model x runtime (`runtime` + `dtype`: fp32, fp16 or int8): all metrics of `evaluation`, batch-1 latency and throughput
+with the device and thread count, and the model's method, ratio, widths, parameters, MACs and
+reductions (from profiling_results.json). Runtimes that cannot run here are listed as skipped
+with the reason, never silently left out.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .artifacts import write_json
+from .config import Config
+from .data.dataset import KSDD2Dataset, load_split, preprocessing_for
+from .deploy import engine_path, model_paths, onnx_path, open_runtime
+from .evaluation import evaluate_predictions, measure_latency, predict
+from .profiling import profile_run
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "real_evaluation_results.json"
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import sklearn
+    import torch
+    import torch_pruning
+
+    return {"segdec_prune": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torch_pruning": torch_pruning.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "scikit_learn": sklearn.__version__, "numpy": np.__version__}
+
+
+def artifacts_of(run_dir: Path, name: str) -> list[tuple[str, str, Path]]:
+    """(runtime, precision, path) of every artifact of one model that exists on disk."""
+    candidates = [("torch", "fp32", run_dir / "models" / f"{name}.pth"),
+                  ("onnxruntime", "fp32", onnx_path(run_dir, name)),
+                  ("onnxruntime", "int8", onnx_path(run_dir, name, "int8")),
+                  ("tensorrt", "fp16", engine_path(run_dir, name, "fp16")),
+                  ("tensorrt", "int8", engine_path(run_dir, name, "int8"))]
+    return [c for c in candidates if c[2].is_file()]
+
+
+def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> dict:
+    run_dir = cfg.run_dir
+    dep = cfg.deploy
+    profile_file = run_dir / "profiling_results.json"
+    profile = profile_run(run_dir)["models"]  # cheap, and never stale
+    test_set = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
+    sample = test_set[0]["image"].numpy()
+    records, skipped = [], []
+    for ckpt_path in model_paths(run_dir):
+        name = ckpt_path.stem
+        prof = profile.get(name, {})
+        for runtime, precision, path in artifacts_of(run_dir, name):
+            if on_step:
+                on_step(f"{name} {runtime} {precision}")
+            try:
+                rt, _, _ = open_runtime(path, threads=dep.threads)
+            except Exception as exc:  # e.g. an engine on a machine without TensorRT
+                skipped.append({"model": name, "runtime": runtime, "dtype": precision, "reason": str(exc)})
+                continue
+            t0 = time.perf_counter()
+            metrics = evaluate_predictions(predict(rt, test_set, dep.throughput_batch), test_set)
+            eval_seconds = time.perf_counter() - t0
+            latency = measure_latency(rt, sample, dep.warmup, dep.runs, dep.throughput_batch, getattr(rt, "sync", None))
+            records.append({
+                "model": name, "method": prof.get("method"), "ratio": prof.get("ratio"),
+                "runtime": runtime, "dtype": precision, "artifact": str(path), "artifact_bytes": path.stat().st_size,
+                "device": getattr(rt, "device", "cpu") if runtime == "tensorrt" else platform.processor() or platform.machine(),
+                "threads": dep.threads,
+                **{k: prof.get(k) for k in ("widths", "parameters", "macs", "param_reduction", "mac_reduction")},
+                **metrics, **latency, "eval_seconds": eval_seconds,
+            })
+    for runtime, reason in _unavailable().items():
+        skipped.append({"runtime": runtime, "reason": reason})
+    base = {(r["runtime"], r["dtype"]): r["latency_ms_median"] for r in records if r["model"] == "baseline_best"}
+    for r in records:
+        ref = base.get((r["runtime"], r["dtype"]))
+        r["speedup_vs_baseline"] = ref / r["latency_ms_median"] if ref else None
+    result = {"schema_version": SCHEMA_VERSION, "run": str(run_dir), "data": cfg.data.root, "split": "test",
+              "input_size": [cfg.data.input_height, cfg.data.input_width], "profiling": str(profile_file),
+              "libraries": library_versions(), "records": records, "skipped": skipped}
+    write_json(result, run_dir / RESULTS_FILE)
+    return result
+
+
+def _unavailable() -> dict[str, str]:
+    from .runtimes.tensorrt_runtime import unavailable_reason
+
+    reason = unavailable_reason()
+    return {"tensorrt": reason} if reason else {}
