@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .checkpoint import CheckpointError, InputSpec, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, load_config
 from .data.ksdd2 import DatasetError
 from .data.synthetic import SynthSpec, write_dataset
@@ -106,8 +105,7 @@ def data_check(root: Annotated[Path, typer.Argument(help="Data set folder (KSDD2
 def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
     """Train the baseline; writes RUN/models/baseline_best.pth (best by validation AP)."""
     from .data.dataset import preprocessing_for, train_val_datasets
-    from .model import SegDecNet, count_parameters
-    from .training import train as run_training
+    from .stages import baseline_path, train_baseline
 
     try:
         cfg = load_config(config, set_)
@@ -121,33 +119,9 @@ def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
     seg = sum(s for s, lab in zip(train_set.segmented, train_set.labels) if lab)
     console.print(f"train {len(train_set)} ({n_pos} positive, {seg} with masks), validation {len(val_set)} "
                   f"({int(val_set.labels.sum())} positive); input {cfg.data.input_height}x{cfg.data.input_width}")
-    model = SegDecNet(in_channels=cfg.data.channels)
-    spec = InputSpec(channels=cfg.data.channels, height=cfg.data.input_height, width=cfg.data.input_width, dilate=cfg.data.dilate)
-    out = cfg.run_dir / "models" / "baseline_best.pth"
-    meta = {"name": "baseline_best", "method": "baseline", "ratio": 0.0, "config": cfg.to_dict(),
-            "parameters": count_parameters(model)}
-    result = run_training(model, train_set, val_set, cfg.train, out, spec, meta, show_progress=not quiet, description="baseline")
+    result = train_baseline(cfg, (train_set, val_set), show_progress=not quiet)
     console.print(f"best validation AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}; "
-                  f"{result.seconds:.0f} s; saved {out}")
-
-
-def _load_run(cfg, model_path: Optional[Path]):
-    """The baseline checkpoint (checked against the config) and the train/val datasets."""
-    from .data.dataset import preprocessing_for, train_val_datasets
-
-    path = model_path or cfg.run_dir / "models" / "baseline_best.pth"
-    if not path.is_file():
-        raise FileNotFoundError(f"no baseline checkpoint at {path}; run `segdec-prune train --config ...` first")
-    baseline = load_checkpoint(path)
-    spec = baseline.input_spec
-    if (spec.height, spec.width) != (cfg.data.input_height, cfg.data.input_width):
-        raise ConfigError(f"config key data.input_height/width: {cfg.data.input_height}x{cfg.data.input_width} "
-                          f"but {path} was trained at {spec.height}x{spec.width}")
-    with _counter("loading train split") as bar:
-        task = bar.add_task("", total=None)
-        sets = train_val_datasets(cfg.data, preprocessing_for(cfg.data, cfg.train),
-                                  lambda d, t: bar.update(task, completed=d, total=t))
-    return baseline, *sets
+                  f"{result.seconds:.0f} s; saved {baseline_path(cfg)}")
 
 
 @app.command()
@@ -162,7 +136,7 @@ def prune(
 ) -> None:
     """Prune the baseline, fine-tune, and save RUN/models/{method}_r{percent}.pth."""
     from .pruning.methods import get_method
-    from .pruning.workflow import calibration_batches, prune_one, sparsity_trained
+    from .stages import RunState
     from .training import new_progress
 
     try:
@@ -175,21 +149,20 @@ def prune(
             if ratio is None or not 0 < ratio < 1:
                 raise ConfigError(f"--ratio must be in (0, 1), got {ratio}")
             jobs = [(get_method(method), ratio)]
-        baseline, train_set, val_set = _load_run(cfg, model)
+        state = RunState(cfg, baseline_file=model)
+        state.baseline  # noqa: B018 - fail early, before loading data
+        with _counter("loading train split") as bar:
+            bar.add_task("", total=None)
+            state.sets  # noqa: B018
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
     epochs = cfg.prune.finetune_epochs if finetune_epochs is None else finetune_epochs
-    batches = calibration_batches(train_set, cfg.prune.calibration_batches, cfg.train.batch_size, cfg.prune.seed)
     table = Table("model", "widths (volume)", "val AP pruned", "val AP fine-tuned", "seconds", title="pruned models")
     with new_progress() as bar:
+        state.progress = bar
         overall = bar.add_task("models", total=len(jobs), info="")
-        sparse = None
         for m, r in jobs:
-            source = None
-            if m.sparsity and cfg.prune.fn_sparsity_epochs > 0:
-                sparse = sparse or sparsity_trained(baseline, cfg, train_set, val_set, progress=bar)
-                source = sparse
-            out = prune_one(baseline, m, r, cfg, train_set, val_set, batches, epochs, progress=bar, source=source)
+            out = state.prune(m, r, epochs)
             bar.update(overall, advance=1, info=f"{out.name}: val AP {out.val_ap_pruned:.3f} -> {out.val_ap:.3f}")
             table.add_row(out.name, str(out.widths["volume"]), f"{out.val_ap_pruned:.4f}", f"{out.val_ap:.4f}", f"{out.seconds:.0f}")
     console.print(table)
@@ -299,9 +272,7 @@ def export(
     set_: SetOpt = None,
 ) -> None:
     """Export to ONNX and check it against PyTorch on real preprocessed images."""
-    from .data.dataset import load_split
-    from .data.ksdd2 import Preprocessing
-    from .deploy import export_checkpoint, model_paths, onnx_path
+    from .deploy import check_images, export_checkpoint, model_paths, onnx_path
     from .export import ATOL, RTOL, ExportCheckError
 
     try:
@@ -317,13 +288,10 @@ def export(
                 raise ConfigError("--model needs --output FILE.onnx")
             jobs = [(model, output)]
         first = load_checkpoint(jobs[0][0])
-        spec = first.input_spec
         root = data or Path(first.metadata.get("config", {}).get("data", {}).get("root", ""))
-        pre = Preprocessing(height=spec.height, width=spec.width, channels=spec.channels, dilate=spec.dilate)
-        samples = load_split(root, "test", pre)[:8]
+        images = check_images(root, first.input_spec)
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    images = np.stack([s["image"].transpose(2, 0, 1) for s in samples]).astype(np.float32) / 255.0
     table = Table("model", "ONNX", "max |diff| decision", "max |diff| segmentation", title=f"ONNX export (atol {ATOL}, rtol {RTOL})")
     with _counter("exporting") as bar:
         task = bar.add_task("", total=len(jobs))
@@ -382,6 +350,79 @@ def build(
         _fail(exc)
     for path in built:
         console.print(f"built {path}")
+
+
+@app.command()
+def charts(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Draw the benchmark, Pareto and qualitative charts from real_evaluation_results.json."""
+    from .charts import make_charts
+
+    try:
+        paths = make_charts(load_config(config, set_))
+    except USER_ERRORS as exc:
+        _fail(exc)
+    for p in paths:
+        console.print(f"wrote {p}")
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun a stage (train, prune, profile, export, "
+                     "calibrate, build-onnxruntime-int8, build-tensorrt-fp16, build-tensorrt-int8, evaluate, charts) "
+                     "or one step (e.g. prune:ours_c3_r40). Repeatable.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """The whole pipeline, resumable: steps whose inputs and settings are unchanged are skipped."""
+    from .pipeline import Manifest, execute, machine
+    from .results import RESULTS_FILE, library_versions
+    from .stages import RunState, plan
+    from .training import new_progress
+
+    try:
+        cfg = load_config(config, set_)
+        if not Path(cfg.data.root).is_dir():
+            raise DatasetError(f"data set folder {cfg.data.root} not found (config key data.root)")
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"run {cfg.run_dir} from {cfg.source}: data {cfg.data.root}, "
+                  f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios")
+    manifest = Manifest.load(cfg.run_dir)
+    outcomes = []
+    with new_progress() as bar:
+        state = RunState(cfg, progress=bar)
+        steps = plan(cfg, state)
+        known = {s.name for s in steps} | {s.stage for s in steps}
+        unknown = [f for f in force or [] if f not in known]
+        if unknown:
+            bar.stop()
+            _fail(f"--force {unknown[0]}: no such stage or step")
+        task = bar.add_task("pipeline", total=len(steps), info="")
+
+        def event(o) -> None:
+            bar.update(task, advance=1, info=f"{o.name}: {o.status}")
+            if o.status != "skipped":
+                bar.console.print(f"{o.name}: {o.status} in {o.seconds:.1f} s {o.detail}", markup=False, highlight=False)
+
+        try:
+            outcomes = execute(steps, manifest, set(force or []), library_versions(), machine(), event)
+        except (*USER_ERRORS, ValueError, RuntimeError) as exc:
+            bar.stop()
+            _fail(exc)
+    stages: dict[str, list] = {}
+    for o, st in zip(outcomes, steps):
+        stages.setdefault(st.stage or st.name, []).append(o)
+    table = Table("stage", "steps", "ran", "skipped (up to date)", "unavailable", "seconds", title="pipeline")
+    for stage, os_ in stages.items():
+        count = {k: sum(o.status == k for o in os_) for k in ("done", "skipped", "unavailable")}
+        table.add_row(stage, str(len(os_)), str(count["done"]), str(count["skipped"]), str(count["unavailable"]),
+                      f"{sum(o.seconds for o in os_):.1f}")
+    console.print(table)
+    reasons = {o.detail for o in outcomes if o.status == "unavailable"}
+    for reason in reasons:
+        console.print(f"unavailable here: {reason}", markup=False, highlight=False)
+    console.print(f"results: {cfg.run_dir / RESULTS_FILE}\ncharts:  {cfg.run_dir / 'charts'}\n"
+                  f"manifest: {cfg.run_dir / 'manifest.json'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

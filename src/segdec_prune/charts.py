@@ -1,0 +1,163 @@
+"""Charts from real_evaluation_results.json (matplotlib, written atomically as PNG).
+
+chart1_master_benchmark.png  AP vs GMACs per method; AP vs latency per runtime; parameters per
+                             model; measured speedup vs MAC reduction (with the ideal curve)
+chart2_pareto.png            AP vs CPU latency, every model x ONNX Runtime dtype, Pareto front
+chart3_qualitative.png       defective test images: ground truth, baseline and a pruned model
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .artifacts import atomic_write  # noqa: E402
+from .config import Config  # noqa: E402
+
+CHART_FILES = ("chart1_master_benchmark.png", "chart2_pareto.png", "chart3_qualitative.png")
+MARKERS = {("torch", "fp32"): "o", ("onnxruntime", "fp32"): "s", ("onnxruntime", "int8"): "D",
+           ("tensorrt", "fp16"): "^", ("tensorrt", "int8"): "v"}
+
+
+def _colors(methods: list[str]) -> dict[str, str]:
+    cmap = plt.get_cmap("tab10")
+    return {m: ("black" if m == "baseline" else cmap(i % 10)) for i, m in enumerate(methods)}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
+    plt.close(fig)
+    return out
+
+
+def master(records: list[dict], path: Path) -> Path:
+    methods = sorted({r["method"] for r in records}, key=lambda m: (m != "baseline", m))
+    color = _colors(methods)
+    torch_rows = [r for r in records if r["runtime"] == "torch"]
+    base = next(r for r in torch_rows if r["method"] == "baseline")
+    fig, ax = plt.subplots(2, 2, figsize=(14, 10))
+    a = ax[0, 0]
+    for m in methods[1:]:
+        rows = sorted((r for r in torch_rows if r["method"] == m), key=lambda r: r["ratio"])
+        a.plot([r["macs"] / 1e9 for r in rows], [r["ap"] for r in rows], "-o", color=color[m], label=m)
+        for r in rows:
+            a.annotate(f"r{round(r['ratio'] * 100)}", (r["macs"] / 1e9, r["ap"]), fontsize=7, xytext=(3, 3),
+                       textcoords="offset points")
+    a.plot(base["macs"] / 1e9, base["ap"], "*", ms=16, color="black", label="baseline")
+    a.set(xlabel="GMACs per image (run's input size)", ylabel="test AP", title="Accuracy vs compute (PyTorch)")
+    a.legend(fontsize=8)
+    a = ax[0, 1]
+    for r in records:
+        a.scatter(r["latency_ms_median"], r["ap"], marker=MARKERS.get((r["runtime"], r["dtype"]), "x"),
+                  color=color[r["method"]], s=60 if r["method"] == "baseline" else 30)
+    for key, mk in MARKERS.items():
+        if any((r["runtime"], r["dtype"]) == key for r in records):
+            a.scatter([], [], marker=mk, color="gray", label=f"{key[0]} {key[1]}")
+    a.set(xlabel="batch-1 latency, median (ms, log scale)", ylabel="test AP", title="Accuracy vs latency per runtime")
+    a.set_xscale("log")
+    a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    a.legend(fontsize=8)
+    a = ax[1, 0]
+    rows = sorted(torch_rows, key=lambda r: -r["parameters"])
+    a.barh([r["model"] for r in rows], [r["parameters"] / 1e6 for r in rows], color=[color[r["method"]] for r in rows])
+    a.set(xlabel="parameters (millions)", title="Model size")
+    a.tick_params(axis="y", labelsize=7)
+    a.invert_yaxis()
+    a = ax[1, 1]
+    red = np.linspace(0, 0.9, 50)
+    a.plot(red * 100, 1 / (1 - red), "--", color="gray", label="ideal: 1 / (1 - MAC reduction)")
+    for r in records:
+        if r["speedup_vs_baseline"] and r["mac_reduction"] is not None:
+            a.scatter(r["mac_reduction"] * 100, r["speedup_vs_baseline"], color=color[r["method"]],
+                      marker=MARKERS.get((r["runtime"], r["dtype"]), "x"))
+    a.set(xlabel="MAC reduction (%)", ylabel="measured speedup vs baseline (same runtime)",
+          title="Does pruning pay off in the runtime?")
+    a.legend(fontsize=8)
+    fig.suptitle(f"SegDecNet pruning benchmark ({base['threads']} threads, {base['device']})")
+    return _save(fig, path)
+
+
+def pareto(records: list[dict], path: Path) -> Path:
+    rows = [r for r in records if r["runtime"] == "onnxruntime"] or records
+    rows = sorted(rows, key=lambda r: (r["latency_ms_median"], -r["ap"]))
+    front, best = [], -1.0
+    for r in rows:
+        if r["ap"] > best:
+            front.append(r)
+            best = r["ap"]
+    color = _colors(sorted({r["method"] for r in rows}, key=lambda m: (m != "baseline", m)))
+    fig, a = plt.subplots(figsize=(10, 6.5))
+    for r in rows:
+        a.scatter(r["latency_ms_median"], r["ap"], color=color[r["method"]], marker=MARKERS.get((r["runtime"], r["dtype"]), "x"))
+    a.plot([r["latency_ms_median"] for r in front], [r["ap"] for r in front], "-", color="red", lw=1.5, label="Pareto front")
+    for r in front:
+        a.annotate(f"{r['model']} {r['dtype']}", (r["latency_ms_median"], r["ap"]), fontsize=8, xytext=(4, -10),
+                   textcoords="offset points")
+    for m, c in color.items():
+        a.scatter([], [], color=c, label=m)
+    a.set(xlabel="batch-1 CPU latency, median (ms)", ylabel="test AP", title="Which model to ship: ONNX Runtime on the CPU")
+    a.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def qualitative(cfg: Config, records: list[dict], path: Path, n: int = 6) -> Path:
+    """Ground truth and predicted masks for the baseline and the fastest pruned model whose AP
+    is within 2 points of the baseline's (else the best pruned one)."""
+    import cv2
+
+    from .checkpoint import load_checkpoint
+    from .data.dataset import KSDD2Dataset, load_split, preprocessing_for
+    from .evaluation import sigmoid
+    from .runtimes import TorchRuntime
+
+    torch_rows = [r for r in records if r["runtime"] == "torch"]
+    base = next(r for r in torch_rows if r["method"] == "baseline")
+    pruned = [r for r in torch_rows if r["method"] != "baseline"]
+    good = [r for r in pruned if r["ap"] >= base["ap"] - 0.02]
+    pick = min(good, key=lambda r: r["macs"]) if good else max(pruned, key=lambda r: r["ap"], default=base)
+    ds = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
+    idx = np.flatnonzero(ds.labels)[:n]
+    images = np.stack([ds[int(i)]["image"].numpy() for i in idx])
+    preds = {}
+    for r in (base, pick):
+        dec, seg = TorchRuntime(load_checkpoint(cfg.run_dir / "models" / f"{r['model']}.pth").model).predict(images)
+        preds[r["model"]] = (sigmoid(dec), sigmoid(seg[:, 0]))
+    fig, ax = plt.subplots(4, len(idx), figsize=(1.9 * len(idx) + 1, 13), squeeze=False)
+    rows = ["input", "ground truth", *(f"{name}\n(defect probability)" for name in preds)]
+    for k, i in enumerate(idx):
+        s = ds.samples[int(i)]
+        h, w = s["mask_full"].shape
+        panels = [(s["image"][:, :, ::-1], f"{s['id']}"), (s["mask_full"], "")]
+        for score, seg in preds.values():
+            panels.append((cv2.resize(seg[k], (w, h)), f"score {score[k]:.2f}"))
+        for j, (img, title) in enumerate(panels):
+            a = ax[j, k]
+            a.imshow(img, cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=255 if img.ndim == 3 else 1)
+            a.set_title(title, fontsize=8)
+            a.set_xticks([])
+            a.set_yticks([])
+            if k == 0:
+                a.set_ylabel(rows[j], fontsize=9)
+    fig.suptitle("Defective test images (white = defect); score = image-level defect probability")
+    return _save(fig, path)
+
+
+def make_charts(cfg: Config) -> list[Path]:
+    from .results import RESULTS_FILE
+
+    src = cfg.run_dir / RESULTS_FILE
+    if not src.is_file():
+        raise FileNotFoundError(f"no {src}; run `segdec-prune evaluate --config ...` first")
+    records = json.loads(src.read_text())["records"]
+    out = cfg.run_dir / "charts"
+    return [master(records, out / CHART_FILES[0]), pareto(records, out / CHART_FILES[1]),
+            qualitative(cfg, records, out / CHART_FILES[2])]

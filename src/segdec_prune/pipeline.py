@@ -1,0 +1,143 @@
+"""The whole pipeline as resumable stages, recorded in the run's manifest.json.
+
+A stage records the fingerprints of its inputs (files: sha256; data folders: names, sizes and
+times), a hash of the config it depends on, its outputs, wall time, library versions and device.
+On the next run a stage whose record matches and whose outputs exist is skipped; `force` reruns
+it. Outputs are written atomically and the manifest is rewritten after every stage (and every
+pruned model), so a run killed at any point resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .artifacts import sha256, write_json
+from .config import Config
+
+MANIFEST = "manifest.json"
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Cheap identity of a data folder: every file's relative name, size and mtime."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def fingerprint(path: Path) -> str:
+    if path.is_dir():
+        return "dir:" + folder_fingerprint(path)
+    if not path.is_file():
+        return "missing"
+    st = path.stat()
+    return _file_hash(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256, computed once per file version per process (many steps read the baseline)."""
+    return sha256(path)
+
+
+def params_hash(params: Any) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Step:
+    """One unit of work: what it reads, what config it depends on, what it writes."""
+
+    name: str
+    run: Callable[[], Any]
+    inputs: list[Path]
+    params: Any
+    outputs: Callable[[], list[Path]]
+    stage: str = ""
+
+
+@dataclass
+class Manifest:
+    path: Path
+    steps: dict[str, dict] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Manifest":
+        path = run_dir / MANIFEST
+        steps = json.loads(path.read_text())["steps"] if path.is_file() else {}
+        return cls(path, steps)
+
+    def save(self) -> None:
+        write_json({"steps": self.steps}, self.path)
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # done | skipped (up to date) | unavailable
+    seconds: float
+    detail: str = ""
+
+
+def is_current(record: dict | None, step: Step, inputs: dict[str, str]) -> bool:
+    if not record or record.get("status") != "done":
+        return False
+    if record.get("inputs") != inputs or record.get("params") != params_hash(step.params):
+        return False
+    return all(Path(p).exists() for p in record.get("outputs", []))
+
+
+def execute(steps: Iterable[Step], manifest: Manifest, force: set[str], versions: dict[str, str],
+            device: str, on_event: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Run or skip each step in order; the manifest is saved after every step."""
+    outcomes = []
+    for step in steps:
+        inputs = {str(p): fingerprint(p) for p in step.inputs}
+        forced = step.name in force or step.stage in force
+        if not forced and is_current(manifest.steps.get(step.name), step, inputs):
+            out = Outcome(step.name, "skipped", 0.0, "up to date")
+        else:
+            t0 = time.perf_counter()
+            try:
+                detail = step.run() or ""
+                status = "done"
+            except StageUnavailable as exc:
+                detail, status = str(exc), "unavailable"
+            seconds = time.perf_counter() - t0
+            manifest.steps[step.name] = {
+                "status": status, "stage": step.stage or step.name, "inputs": inputs,
+                "params": params_hash(step.params), "outputs": [str(p) for p in step.outputs()],
+                "wall_seconds": round(seconds, 3), "detail": str(detail), "versions": versions, "device": device,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            manifest.save()
+            out = Outcome(step.name, status, seconds, str(detail))
+        outcomes.append(out)
+        if on_event:
+            on_event(out)
+    return outcomes
+
+
+class StageUnavailable(RuntimeError):
+    """The stage cannot run on this machine (e.g. TensorRT without a GPU): recorded, not fatal."""
+
+
+def machine() -> str:
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.processor() or platform.machine()} ({platform.system()}){gpu}"
+
+
+def config_sections(cfg: Config, *names: str) -> dict:
+    return {n: asdict(getattr(cfg, n)) for n in names}

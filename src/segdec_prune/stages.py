@@ -1,0 +1,167 @@
+"""What each pipeline stage does, as functions the CLI commands and `run` share."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from pathlib import Path
+
+from rich.progress import Progress
+
+from .checkpoint import Checkpoint, InputSpec, load_checkpoint
+from .config import Config, ConfigError
+from .data.dataset import KSDD2Dataset, preprocessing_for, train_val_datasets
+from .model import SegDecNet, count_parameters
+from .pipeline import Step, StageUnavailable, config_sections
+from .pruning.methods import Method, get_method, model_name
+from .pruning.workflow import PruneOutcome
+from .training import TrainResult, train
+
+
+def baseline_path(cfg: Config) -> Path:
+    return cfg.run_dir / "models" / "baseline_best.pth"
+
+
+def train_baseline(cfg: Config, sets: tuple[KSDD2Dataset, KSDD2Dataset], progress: Progress | None = None,
+                   show_progress: bool = True) -> TrainResult:
+    train_set, val_set = sets
+    model = SegDecNet(in_channels=cfg.data.channels)
+    spec = InputSpec(channels=cfg.data.channels, height=cfg.data.input_height, width=cfg.data.input_width,
+                     dilate=cfg.data.dilate)
+    meta = {"name": "baseline_best", "method": "baseline", "ratio": 0.0, "config": cfg.to_dict(),
+            "parameters": count_parameters(model)}
+    return train(model, train_set, val_set, cfg.train, baseline_path(cfg), spec, meta,
+                 show_progress=show_progress, progress=progress, description="baseline")
+
+
+class RunState:
+    """Things several steps need, loaded once and only when a step that needs them runs."""
+
+    def __init__(self, cfg: Config, progress: Progress | None = None, baseline_file: Path | None = None) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.baseline_file = baseline_file or baseline_path(cfg)
+        self._sparse: SegDecNet | None = None
+
+    @cached_property
+    def sets(self) -> tuple[KSDD2Dataset, KSDD2Dataset]:
+        return train_val_datasets(self.cfg.data, preprocessing_for(self.cfg.data, self.cfg.train))
+
+    @cached_property
+    def baseline(self) -> Checkpoint:
+        """The baseline checkpoint, checked against the config's input size."""
+        path, data = self.baseline_file, self.cfg.data
+        if not path.is_file():
+            raise FileNotFoundError(f"no baseline checkpoint at {path}; run `segdec-prune train --config ...` first")
+        ckpt = load_checkpoint(path)
+        spec = ckpt.input_spec
+        if (spec.height, spec.width) != (data.input_height, data.input_width):
+            raise ConfigError(f"config key data.input_height/width: {data.input_height}x{data.input_width} "
+                              f"but {path} was trained at {spec.height}x{spec.width}")
+        return ckpt
+
+    @cached_property
+    def batches(self):
+        from .pruning.workflow import calibration_batches
+
+        p = self.cfg.prune
+        return calibration_batches(self.sets[0], p.calibration_batches, self.cfg.train.batch_size, p.seed)
+
+    def prune(self, method: Method, ratio: float, finetune_epochs: int) -> PruneOutcome:
+        """Prune (naive_fn: after optional sparsity training, done once), fine-tune, save."""
+        from .pruning.workflow import prune_one, sparsity_trained
+
+        source = None
+        if method.sparsity and self.cfg.prune.fn_sparsity_epochs > 0:
+            if self._sparse is None:
+                self._sparse = sparsity_trained(self.baseline, self.cfg, *self.sets, progress=self.progress)
+            source = self._sparse
+        return prune_one(self.baseline, method, ratio, self.cfg, *self.sets, self.batches, finetune_epochs,
+                         progress=self.progress, source=source)
+
+
+def plan(cfg: Config, state: RunState) -> list[Step]:
+    """Every step of the pipeline for this config, in order."""
+    from . import deploy
+    from .calibration import build_calibration_set, calibration_path, load_calibration
+    from .results import RESULTS_FILE, evaluate_run
+    from .runtimes.tensorrt_runtime import unavailable_reason
+
+    run = cfg.run_dir
+    data = Path(cfg.data.root)
+    base = baseline_path(cfg)
+    steps = [Step("train", lambda: _train(state), [data], config_sections(cfg, "data", "train"), lambda: [base])]
+    names = []
+    prune_params = {k: v for k, v in dataclasses.asdict(cfg.prune).items() if k not in ("methods", "ratios")}
+    for m in cfg.prune.methods:
+        for r in cfg.prune.ratios:
+            name = model_name(m, r)
+            names.append(name)
+            method = get_method(m)
+
+            def run_prune(method=method, r=r) -> str:
+                out = state.prune(method, r, cfg.prune.finetune_epochs)
+                return f"val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}"
+
+            steps.append(Step(f"prune:{name}", run_prune, [base], {**prune_params, "train": dataclasses.asdict(cfg.train),
+                              "method": m, "ratio": r}, lambda name=name: [run / "models" / f"{name}.pth"], "prune"))
+    models = ["baseline_best", *names]
+    ckpts = [run / "models" / f"{n}.pth" for n in models]
+    steps.append(Step("profile", lambda: deploy_profile(run), ckpts, {}, lambda: [run / "profiling_results.json"]))
+    for n in models:
+        steps.append(Step(f"export:{n}", lambda n=n: _export(cfg, n), [run / "models" / f"{n}.pth"], {},
+                          lambda n=n: [deploy.onnx_path(run, n)], "export"))
+    calib = calibration_path(cfg)
+    steps.append(Step("calibrate", lambda: build_calibration_set(cfg) and "", [data],
+                      {**config_sections(cfg, "data"), **config_sections(cfg, "deploy")}, lambda: [calib]))
+    builds = [("onnxruntime", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
+    for rt, dt in builds:
+        for n in models:
+            def run_build(rt=rt, dt=dt, n=n) -> str:
+                if rt == "tensorrt" and (reason := unavailable_reason()):
+                    raise StageUnavailable(reason)
+                path = deploy.build_artifact(run, n, rt, dt, load_calibration(calib), cfg.deploy.int8_op_types)
+                return str(path)
+
+            out = deploy.onnx_path(run, n, dt) if rt == "onnxruntime" else deploy.engine_path(run, n, dt)
+            steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, [deploy.onnx_path(run, n), calib],
+                              {"int8_op_types": cfg.deploy.int8_op_types}, lambda out=out: [out] if out.exists() else [],
+                              f"build-{rt}-{dt}"))
+    artifacts = [p for n in models for p in (run / "models" / f"{n}.pth", deploy.onnx_path(run, n),
+                                             deploy.onnx_path(run, n, "int8"))]
+    results = run / RESULTS_FILE
+    steps.append(Step("evaluate", lambda: evaluate_run(cfg) and "", artifacts,
+                      {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None}, lambda: [results]))
+    steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
+    return steps
+
+
+def _train(state: RunState) -> str:
+    result = train_baseline(state.cfg, state.sets, progress=state.progress)
+    return f"best val AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}"
+
+
+def deploy_profile(run: Path) -> str:
+    from .profiling import profile_run
+
+    return f"{len(profile_run(run)['models'])} models"
+
+
+def _export(cfg: Config, name: str) -> str:
+    from .deploy import check_images, export_checkpoint, onnx_path
+
+    ckpt = load_checkpoint(cfg.run_dir / "models" / f"{name}.pth")
+    rep = export_checkpoint(ckpt, name, check_images(cfg.data.root, ckpt.input_spec), onnx_path(cfg.run_dir, name))
+    return f"max |diff| {max(rep.max_abs_diff_decision, rep.max_abs_diff_segmentation):.1e}"
+
+
+def _charts(cfg: Config) -> str:
+    from .charts import make_charts
+
+    return ", ".join(p.name for p in make_charts(cfg))
+
+
+def _chart_files(run: Path) -> list[Path]:
+    from .charts import CHART_FILES
+
+    return [run / "charts" / f for f in CHART_FILES]

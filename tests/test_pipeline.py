@@ -1,0 +1,80 @@
+"""The one-command pipeline: end to end on tiny data, resume after an interruption, outputs."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from segdec_prune.cli import app
+from segdec_prune.pipeline import Manifest, execute
+from segdec_prune.stages import RunState, plan
+
+runner = CliRunner()
+RECORD_KEYS = {"model", "method", "ratio", "runtime", "dtype", "artifact", "device", "threads", "widths", "parameters",
+               "macs", "param_reduction", "mac_reduction", "ap", "ap_paper", "auroc", "best_f1", "best_threshold",
+               "fp_at_best", "fn_at_best", "precision", "recall", "f1", "fnr", "dice", "iou", "latency_ms_median",
+               "latency_ms_p90", "throughput_ips", "speedup_vs_baseline"}
+
+
+def _config(tiny_synth, tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(
+        f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
+        '[train]\nepochs = 1\nbatch_size = 2\ndevice = "cpu"\n'
+        '[prune]\nmethods = ["naive_l1", "ours_c2"]\nratios = [0.5]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
+        '[deploy]\ncalibration_images = 8\nruns = 3\nwarmup = 1\nthroughput_batch = 2\n'
+        f'[run]\nname = "p"\ndir = "{tmp_path / "runs"}"\n'
+    )
+    return cfg
+
+
+def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
+    cfg = _config(tiny_synth, tmp_path)
+    r = runner.invoke(app, ["run", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "p"
+    res = json.loads((run / "real_evaluation_results.json").read_text())
+    assert res["schema_version"] == 1 and res["libraries"]["torch"]
+    models = {x["model"] for x in res["records"]}
+    assert models == {"baseline_best", "naive_l1_r50", "ours_c2_r50"}
+    assert {(x["runtime"], x["dtype"]) for x in res["records"]} == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
+    for rec in res["records"]:
+        assert RECORD_KEYS <= set(rec), RECORD_KEYS - set(rec)
+        assert 0 <= rec["ap"] <= 1 and rec["latency_ms_median"] > 0
+    for name in ("chart1_master_benchmark.png", "chart2_pareto.png", "chart3_qualitative.png"):
+        assert (run / "charts" / name).stat().st_size > 10_000
+    manifest = json.loads((run / "manifest.json").read_text())["steps"]
+    assert manifest["train"]["status"] == "done" and manifest["train"]["versions"]["torch"]
+    assert not list(run.rglob(".*.tmp"))
+    again = runner.invoke(app, ["run", "--config", str(cfg)])
+    assert again.exit_code == 0, again.output
+    assert ": done in" not in again.output  # every step was up to date
+    forced = runner.invoke(app, ["run", "--config", str(cfg), "--force", "charts"])
+    assert "charts: done" in forced.output and "train: done" not in forced.output
+    bad = runner.invoke(app, ["run", "--config", str(cfg), "--force", "nonsense"])
+    assert bad.exit_code == 2 and "no such stage" in bad.output
+
+
+def test_interrupted_run_resumes_where_it_stopped(tiny_synth, tmp_path, monkeypatch):
+    from segdec_prune.config import load_config
+
+    cfg = load_config(_config(tiny_synth, tmp_path))
+    calls = []
+    real_prune = RunState.prune
+
+    def flaky(self, method, ratio, epochs):
+        calls.append(method.name)
+        if method.name == "ours_c2" and calls.count("ours_c2") == 1:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the second pruned model
+        return real_prune(self, method, ratio, epochs)
+
+    monkeypatch.setattr(RunState, "prune", flaky)
+    steps = [s for s in plan(cfg, RunState(cfg)) if s.stage in ("train", "prune", "")][:3]
+    manifest = Manifest.load(cfg.run_dir)
+    with pytest.raises(KeyboardInterrupt):
+        execute(steps, manifest, set(), {}, "cpu")
+    assert set(Manifest.load(cfg.run_dir).steps) == {"train", "prune:naive_l1_r50"}
+    assert not (cfg.run_dir / "models" / "ours_c2_r50.pth").exists()
+    outcomes = execute(plan(cfg, RunState(cfg))[:3], Manifest.load(cfg.run_dir), set(), {}, "cpu")
+    assert [o.status for o in outcomes] == ["skipped", "skipped", "done"]
+    assert calls == ["naive_l1", "ours_c2", "ours_c2"]
