@@ -17,7 +17,7 @@ from ..checkpoint import Checkpoint, InputSpec, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
 from ..model import SegDecNet, count_parameters
-from ..training import train, validate
+from ..training import resolve_device, train, validate
 from .criteria import Batch
 from .methods import Method, model_name
 from .prune import prune_model
@@ -83,8 +83,8 @@ def prune_one(
     options = {"lam": cfg.prune.c3_lambda, "delta": cfg.train.delta}
     pruned, removed = prune_model(source or baseline.model, method, ratio, batches, (spec.height, spec.width),
                          cfg.prune.round_to, cfg.prune.include_extractor, options, cfg.prune.seed)
-    device = torch.device("cpu")
-    val_ap_pruned, _ = validate(pruned, val_set, device)
+    val_ap_pruned, _ = validate(pruned, val_set, resolve_device(cfg.train.device))
+    pruned.cpu()
     base_params = count_parameters(baseline.model)
     meta = {
         "name": name, "method": method.name, "criterion": method.criterion, "ratio": ratio,
