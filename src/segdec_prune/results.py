@@ -8,6 +8,7 @@ with the reason, never silently left out.
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -53,12 +54,15 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
     run_dir = cfg.run_dir
     dep = cfg.deploy
     profile_file = run_dir / "profiling_results.json"
-    profile = profile_run(run_dir)["models"]  # cheap, and never stale
+    paths = model_paths(run_dir)
+    names = [p.stem for p in paths]
+    profile = json.loads(profile_file.read_text())["models"] if profile_file.is_file() else {}
+    if any(profile.get(p.stem, {}).get("file_bytes") != p.stat().st_size for p in paths):
+        profile = profile_run(run_dir)["models"]  # missing or stale: profile again
     test_set = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
     sample = test_set[0]["image"].numpy()
     records, skipped = [], []
-    for ckpt_path in model_paths(run_dir):
-        name = ckpt_path.stem
+    for name in names:
         prof = profile.get(name, {})
         for runtime, precision, path in artifacts_of(run_dir, name):
             if on_step:
