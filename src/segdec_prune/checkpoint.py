@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .artifacts import save_torch
+from .data.ksdd2 import Preprocessing
 from .model import SegDecNet, Widths, widths_from_state_dict
 
 FORMAT = "segdec-prune/checkpoint"
@@ -38,6 +39,10 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def preprocessing(self) -> Preprocessing:
+        """The data preprocessing that reproduces this model's training inputs."""
+        return Preprocessing(height=self.height, width=self.width, channels=self.channels, dilate=self.dilate)
 
 
 @dataclass

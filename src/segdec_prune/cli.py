@@ -228,7 +228,6 @@ def evaluate(
         return _evaluate_run(config, set_)
     from .artifacts import write_json
     from .data.dataset import KSDD2Dataset, load_split
-    from .data.ksdd2 import Preprocessing
     from .deploy import open_runtime
     from .evaluation import evaluate_predictions, predict
 
@@ -239,10 +238,9 @@ def evaluate(
         root = data or Path(recorded_root)
         if not recorded_root and data is None:
             raise DatasetError("this model does not record its data set; pass --data")
-        pre = Preprocessing(height=spec.height, width=spec.width, channels=spec.channels, dilate=spec.dilate)
         with _counter(f"loading {split}") as bar:
             task = bar.add_task("", total=None)
-            dataset = KSDD2Dataset(load_split(root, split, pre, lambda d, t: bar.update(task, completed=d, total=t)))
+            dataset = KSDD2Dataset(load_split(root, split, spec.preprocessing(), lambda d, t: bar.update(task, completed=d, total=t)))
     except (*USER_ERRORS, ValueError, RuntimeError) as exc:
         _fail(exc)
     t0 = time.perf_counter()

@@ -134,8 +134,8 @@ def open_runtime(path: str | Path, threads: int = 0):
 
 def check_images(root: str | Path, spec: InputSpec, n: int = 8) -> np.ndarray:
     """The first n test images, preprocessed as in training: the export check's inputs."""
-    from .data.ksdd2 import Preprocessing, preprocess, scan_split
+    from .data.ksdd2 import preprocess, scan_split
 
-    pre = Preprocessing(height=spec.height, width=spec.width, channels=spec.channels, dilate=spec.dilate)
+    pre = spec.preprocessing()
     refs = scan_split(root, "test")[:n]
     return np.stack([preprocess(r, pre)["image"].transpose(2, 0, 1) for r in refs]).astype(np.float32) / 255.0
