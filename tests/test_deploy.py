@@ -6,7 +6,9 @@ import torch
 
 from segdec_prune.checkpoint import InputSpec, save_checkpoint
 from segdec_prune.deploy import build_artifact, build_run, onnx_input_spec, open_runtime
-from segdec_prune.evaluation import measure_latency
+from segdec_prune.data.dataset import KSDD2Dataset, load_split
+from segdec_prune.data.ksdd2 import Preprocessing
+from segdec_prune.evaluation import measure_latency, predict
 from segdec_prune.export import ExportCheckError, compare, export_and_verify, export_onnx
 from segdec_prune.model import SegDecNet
 from segdec_prune.pruning.methods import get_method
@@ -82,10 +84,13 @@ def test_build_run_onnxruntime_and_open_runtime(run_dir, images):
         build_artifact(run_dir, "nope", "onnxruntime", "fp32", None)
 
 
-def test_latency_reports_fields_without_timing_asserts(trained, images):
-    res = measure_latency(TorchRuntime(trained), images[0], warmup=1, runs=3, throughput_batch=2)
-    assert res["latency_runs"] == 3 and res["throughput_batch"] == 2
-    assert 0 < res["latency_ms_median"] <= res["latency_ms_p90"] and res["throughput_ips"] > 0
+def test_latency_and_throughput_fields_without_timing_asserts(trained, images, tiny_synth):
+    res = measure_latency(TorchRuntime(trained), images[0], warmup=1, runs=3)
+    assert res["latency_runs"] == 3 and 0 < res["latency_ms_median"] <= res["latency_ms_p90"]
+    test_set = KSDD2Dataset(load_split(tiny_synth, "test", Preprocessing(*SIZE)))
+    preds = predict(TorchRuntime(trained), test_set, batch_size=3)
+    assert preds.inference_seconds > 0 and len(preds.scores) == len(test_set) == 16
+    assert preds.throughput()["throughput_batch"] == 3 and preds.throughput()["throughput_ips"] > 0
 
 
 @pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and a GPU are present")

@@ -73,9 +73,11 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
                 skipped.append({"model": name, "runtime": runtime, "dtype": precision, "reason": str(exc)})
                 continue
             t0 = time.perf_counter()
-            metrics = evaluate_predictions(predict(rt, test_set, dep.throughput_batch), test_set)
+            sync = getattr(rt, "sync", None)
+            preds = predict(rt, test_set, dep.throughput_batch, sync)
+            metrics = evaluate_predictions(preds, test_set)
             eval_seconds = time.perf_counter() - t0
-            latency = measure_latency(rt, sample, dep.warmup, dep.runs, dep.throughput_batch, getattr(rt, "sync", None))
+            latency = {**measure_latency(rt, sample, dep.warmup, dep.runs, sync), **preds.throughput()}
             records.append({
                 "model": name, "method": prof.get("method"), "ratio": prof.get("ratio"),
                 "runtime": runtime, "dtype": precision, "artifact": str(path), "artifact_bytes": path.stat().st_size,
