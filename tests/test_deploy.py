@@ -1,5 +1,7 @@
 """ONNX export, ONNX Runtime FP32/INT8, latency, and the TensorRT path (skipped without a GPU)."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from segdec_prune.checkpoint import InputSpec, save_checkpoint
 from segdec_prune.deploy import build_artifact, build_run, onnx_input_spec, open_runtime
 from segdec_prune.data.dataset import KSDD2Dataset, load_split
 from segdec_prune.data.ksdd2 import Preprocessing
-from segdec_prune.evaluation import measure_latency, predict
+from segdec_prune.evaluation import interleaved_latency, measure_latency, predict
 from segdec_prune.export import ExportCheckError, compare, export_and_verify, export_onnx
 from segdec_prune.model import SegDecNet
 from segdec_prune.pruning.methods import get_method
@@ -52,8 +54,11 @@ def test_export_matches_pytorch_with_dynamic_batch(run_dir, name, trained, image
     assert onnx_input_spec(run_dir / "onnx" / f"{name}.onnx")[0].height == 128
 
 
-def test_export_check_fails_loudly(trained, images):
+def test_export_check_fails_loudly(trained, images, caplog):
+    caplog.set_level(logging.INFO)
     proto = export_onnx(trained, *SIZE)
+    chatter = [r.getMessage() for r in caplog.records if r.name.startswith(("torch.onnx", "onnxscript", "onnx_ir"))]
+    assert not chatter, chatter[:3]  # the optimiser's per-constant INFO lines stay out of the user's terminal
     other = SegDecNet(widths=SMALL)  # different weights, same graph
     with pytest.raises(ExportCheckError, match="differs from PyTorch by up to"):
         compare(other, proto, images[:2])
@@ -91,6 +96,23 @@ def test_latency_and_throughput_fields_without_timing_asserts(trained, images, t
     preds = predict(TorchRuntime(trained), test_set, batch_size=3)
     assert preds.inference_seconds > 0 and len(preds.scores) == len(test_set) == 16
     assert preds.throughput()["throughput_batch"] == 3 and preds.throughput()["throughput_ips"] > 0
+
+
+def test_latency_is_interleaved_across_models():
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def predict(self, x):
+            calls.append(self.name)
+            return x[:, 0, 0, 0], x
+
+    res = interleaved_latency([Fake("a"), Fake("b")], np.zeros((1, 4, 4), np.float32), warmup=1, runs=5, rounds=2)
+    assert [r["latency_runs"] for r in res] == [5, 5]
+    # warm-up each, then round 1 (3 timed each), round 2 (1 untimed + 2 timed each)
+    assert "".join(calls) == "ab" + "aaa" + "bbb" + "aaa" + "bbb"
 
 
 @pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and a GPU are present")

@@ -57,3 +57,16 @@ def test_segmentation_metrics_upsample_to_mask():
     assert m["seg_images"] == 1 and 0.3 < m["dice"] <= 1.0
     m = segmentation_metrics([np.ones((2, 2))], [mask])
     assert m["dice"] == pytest.approx(2 * 64 / (256 + 64))
+
+
+def test_pareto_front_keeps_only_undominated_models_fastest_first():
+    from segdec_prune.results import pareto_front
+
+    def rec(model, ms, ap, runtime="onnxruntime"):
+        return {"model": model, "runtime": runtime, "latency_ms_median": ms, "ap": ap}
+
+    records = [rec("slow_good", 50, 0.95), rec("fast_bad", 5, 0.60), rec("dominated", 20, 0.70),
+               rec("middle", 10, 0.90), rec("tie_slower", 12, 0.90), rec("undefined", 1, None),
+               rec("torch_fastest", 1, 0.99, runtime="torch")]
+    assert [r["model"] for r in pareto_front(records)] == ["fast_bad", "middle", "slow_good"]
+    assert [r["model"] for r in pareto_front(records, runtime=None)] == ["torch_fastest"]

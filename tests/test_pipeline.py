@@ -1,12 +1,15 @@
 """The one-command pipeline: end to end on tiny data, resume after an interruption, outputs."""
 
+import copy
 import json
 
 import pytest
 from typer.testing import CliRunner
 
+from segdec_prune.artifacts import write_json
 from segdec_prune.cli import app
 from segdec_prune.pipeline import Manifest, execute
+from segdec_prune.results import validate_results
 from segdec_prune.stages import RunState, plan
 
 runner = CliRunner()
@@ -38,9 +41,14 @@ def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
     models = {x["model"] for x in res["records"]}
     assert models == {"baseline_best", "naive_l1_r50", "ours_c2_r50"}
     assert {(x["runtime"], x["dtype"]) for x in res["records"]} == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
+    validate_results(res)
     for rec in res["records"]:
         assert RECORD_KEYS <= set(rec), RECORD_KEYS - set(rec)
         assert 0 <= rec["ap"] <= 1 and rec["latency_ms_median"] > 0
+    broken = copy.deepcopy(res)
+    broken["records"][1]["dtype"] = "float32"
+    with pytest.raises(ValueError, match="records/1/dtype"):
+        validate_results(broken)
     for name in ("chart1_master_benchmark.png", "chart2_pareto.png", "chart3_qualitative.png"):
         assert (run / "charts" / name).stat().st_size > 10_000
     manifest = json.loads((run / "manifest.json").read_text())["steps"]
@@ -49,6 +57,7 @@ def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
     again = runner.invoke(app, ["run", "--config", str(cfg)])
     assert again.exit_code == 0, again.output
     assert ": done in" not in again.output  # every step was up to date
+    assert "which model to ship" in again.output and "baseline_best" in again.output
     forced = runner.invoke(app, ["run", "--config", str(cfg), "--force", "charts"])
     assert "charts: done" in forced.output and "train: done" not in forced.output
     bad = runner.invoke(app, ["run", "--config", str(cfg), "--force", "nonsense"])
@@ -78,3 +87,11 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_synth, tmp_path, monkeypa
     outcomes = execute(plan(cfg, RunState(cfg))[:3], Manifest.load(cfg.run_dir), set(), {}, "cpu")
     assert [o.status for o in outcomes] == ["skipped", "skipped", "done"]
     assert calls == ["naive_l1", "ours_c2", "ours_c2"]
+
+
+def test_json_artifacts_are_strict_json(tmp_path):
+    path = write_json({"dice": float("nan"), "xs": [float("inf"), 0.5], "n": 3}, tmp_path / "r.json")
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"dice": None, "xs": [None, 0.5], "n": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left

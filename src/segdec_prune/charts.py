@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from .artifacts import atomic_write  # noqa: E402
 from .config import Config  # noqa: E402
+from .results import pareto_front  # noqa: E402
 
 CHART_FILES = ("chart1_master_benchmark.png", "chart2_pareto.png", "chart3_qualitative.png")
 MARKERS = {("torch", "fp32"): "o", ("onnxruntime", "fp32"): "s", ("onnxruntime", "int8"): "D",
@@ -88,12 +89,7 @@ def master(records: list[dict], path: Path) -> Path:
 
 def pareto(records: list[dict], path: Path) -> Path:
     rows = [r for r in records if r["runtime"] == "onnxruntime"] or records
-    rows = sorted(rows, key=lambda r: (r["latency_ms_median"], -r["ap"]))
-    front, best = [], -1.0
-    for r in rows:
-        if r["ap"] > best:
-            front.append(r)
-            best = r["ap"]
+    front = pareto_front(records)
     color = _colors(sorted({r["method"] for r in rows}, key=lambda m: (m != "baseline", m)))
     fig, a = plt.subplots(figsize=(10, 6.5))
     for r in rows:

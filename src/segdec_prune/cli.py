@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, load_config
@@ -31,8 +33,10 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+    # Our messages at INFO; libraries' (the ONNX optimiser logs every folded constant) only from WARNING.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+    logging.getLogger("segdec_prune").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _fail(exc: Exception | str) -> None:
@@ -186,6 +190,25 @@ def profile(config: ConfigOpt, set_: SetOpt = None) -> None:
     console.print(f"wrote {cfg.run_dir / 'profiling_results.json'}")
 
 
+def _records_table(records: list[dict], title: str, full: bool = True) -> Table:
+    """Model x runtime rows; `full=False` keeps what decides a deployment and fits 80 columns."""
+    def num(v, fmt: str) -> str:
+        return "-" if v is None or v != v else format(v, fmt)
+
+    cols = {"AP": lambda r: num(r["ap"], ".3f"), "AUROC": lambda r: num(r["auroc"], ".3f"),
+            "F1*": lambda r: num(r["best_f1"], ".3f"), "FP/FN*": lambda r: f"{r['fp_at_best']}/{r['fn_at_best']}",
+            "Dice": lambda r: num(r["dice"], ".3f"), "ms b1": lambda r: num(r["latency_ms_median"], ".1f"),
+            "speedup": lambda r: num(r["speedup_vs_baseline"], ".2f") + "x" * bool(r["speedup_vs_baseline"]),
+            "MACs -": lambda r: num(r["mac_reduction"], ".0%")}
+    if not full:
+        cols = {k: f for k, f in cols.items() if k not in ("AUROC", "Dice")}
+    table = Table(Column("model", no_wrap=True), Column("runtime" if full else "dtype", no_wrap=True),
+                  *(Column(k, no_wrap=True, justify="right") for k in cols), title=title, box=box.SIMPLE_HEAD)
+    for r in records:
+        table.add_row(r["model"], f"{r['runtime']} {r['dtype']}" if full else r["dtype"], *(f(r) for f in cols.values()))
+    return table
+
+
 def _evaluate_run(config: Path, set_: list[str] | None) -> None:
     from .results import RESULTS_FILE, evaluate_run
     from .training import new_progress
@@ -197,14 +220,7 @@ def _evaluate_run(config: Path, set_: list[str] | None) -> None:
             result = evaluate_run(cfg, lambda step: bar.update(task, advance=1, info=step))
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    table = Table("model", "runtime", "AP", "AUROC", "F1*", "FP*", "FN*", "Dice", "ms (b1)", "speedup", "MAC red.",
-                  title=f"test set, {cfg.deploy.threads} threads (* at the best-F1 threshold)")
-    for r in result["records"]:
-        table.add_row(r["model"], f"{r['runtime']} {r['dtype']}", f"{r['ap']:.4f}", f"{r['auroc']:.4f}",
-                      f"{r['best_f1']:.3f}", str(r["fp_at_best"]), str(r["fn_at_best"]), f"{r['dice']:.3f}",
-                      f"{r['latency_ms_median']:.1f}", f"{r['speedup_vs_baseline']:.2f}x" if r["speedup_vs_baseline"] else "-",
-                      f"{r['mac_reduction']:.1%}" if r["mac_reduction"] is not None else "-")
-    console.print(table)
+    console.print(_records_table(result["records"], f"test set, {cfg.deploy.threads} threads (* at the best-F1 threshold)"))
     for s in result["skipped"]:
         console.print(f"skipped {s.get('model', '')} {s['runtime']}: {s['reason']}", markup=False, highlight=False)
     console.print(f"wrote {cfg.run_dir / RESULTS_FILE}")
@@ -373,7 +389,7 @@ def run(
 ) -> None:
     """The whole pipeline, resumable: steps whose inputs and settings are unchanged are skipped."""
     from .pipeline import Manifest, execute, machine
-    from .results import RESULTS_FILE, library_versions
+    from .results import RESULTS_FILE, library_versions, pareto_front
     from .stages import RunState, plan
     from .training import new_progress
 
@@ -397,9 +413,17 @@ def run(
             _fail(f"--force {unknown[0]}: no such stage or step")
         task = bar.add_task("pipeline", total=len(steps), info="")
 
+        stage_of = {s.name: s.stage or s.name for s in steps}
+        said: set[tuple[str, str]] = set()
+
         def event(o) -> None:
             bar.update(task, advance=1, info=f"{o.name}: {o.status}")
-            if o.status != "skipped":
+            if o.status == "unavailable":  # one line per stage, not one per model
+                if (stage_of[o.name], o.detail) not in said:
+                    said.add((stage_of[o.name], o.detail))
+                    bar.console.print(f"{stage_of[o.name]}: unavailable, every model: {o.detail}", markup=False,
+                                      highlight=False)
+            elif o.status != "skipped":
                 bar.console.print(f"{o.name}: {o.status} in {o.seconds:.1f} s {o.detail}", markup=False, highlight=False)
 
         try:
@@ -410,7 +434,7 @@ def run(
     stages: dict[str, list] = {}
     for o, st in zip(outcomes, steps):
         stages.setdefault(st.stage or st.name, []).append(o)
-    table = Table("stage", "steps", "ran", "skipped (up to date)", "unavailable", "seconds", title="pipeline")
+    table = Table("stage", "steps", "ran", "up to date", "unavailable", "seconds", title="pipeline")
     for stage, os_ in stages.items():
         count = {k: sum(o.status == k for o in os_) for k in ("done", "skipped", "unavailable")}
         table.add_row(stage, str(len(os_)), str(count["done"]), str(count["skipped"]), str(count["unavailable"]),
@@ -419,7 +443,13 @@ def run(
     reasons = {o.detail for o in outcomes if o.status == "unavailable"}
     for reason in reasons:
         console.print(f"unavailable here: {reason}", markup=False, highlight=False)
-    console.print(f"results: {cfg.run_dir / RESULTS_FILE}\ncharts:  {cfg.run_dir / 'charts'}\n"
+    results = cfg.run_dir / RESULTS_FILE
+    front = pareto_front(records := json.loads(results.read_text())["records"]) if results.is_file() else []
+    if front:
+        base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == front[0]["runtime"]]
+        console.print(_records_table(base + front, f"which model to ship ({front[0]['runtime']}): the baseline, then the "
+                                     "Pareto front of test AP vs batch-1 latency (* at the best-F1 threshold)", full=False))
+    console.print(f"results: {results}\ncharts:  {cfg.run_dir / 'charts'}\n"
                   f"manifest: {cfg.run_dir / 'manifest.json'}")
 
 

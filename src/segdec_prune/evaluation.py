@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -160,6 +160,26 @@ def measure_latency(runtime: Runtime, sample: np.ndarray, warmup: int = 5, runs:
     `sync` (e.g. torch.cuda.synchronize) is called before each clock read on asynchronous
     devices. Thread counts are fixed by the runtime. Throughput comes from `predict`'s pass.
     """
+    return interleaved_latency([runtime], sample, warmup, runs, rounds=1, syncs=[sync])[0]
+
+
+def interleaved_latency(runtimes: Sequence[Runtime], sample: np.ndarray, warmup: int = 5, runs: int = 30,
+                        rounds: int = 5, syncs: Sequence[Callable[[], None] | None] | None = None) -> list[dict]:
+    """Batch-1 latency of several runtimes, timed in `rounds` interleaved blocks of runs/rounds each.
+
+    On a shared machine a slow spell then costs every model a few runs, which the median ignores,
+    instead of all runs of whichever model was measured at the time. Each block starts with one
+    untimed run (caches, and the previous model's thread pool still spinning).
+    """
     one = np.ascontiguousarray(sample[None], dtype=np.float32)
-    latency_samples(runtime, one, warmup, sync)
-    return latency_summary(latency_samples(runtime, one, runs, sync))
+    syncs = list(syncs or [None] * len(runtimes))
+    rounds = max(1, min(rounds, runs))
+    times: list[list[float]] = [[] for _ in runtimes]
+    for rt, sync in zip(runtimes, syncs):
+        latency_samples(rt, one, warmup, sync)
+    for r in range(rounds):
+        block = runs // rounds + (r < runs % rounds)
+        for rt, sync, acc in zip(runtimes, syncs, times):
+            latency_samples(rt, one, 1 if r else 0, sync)
+            acc.extend(latency_samples(rt, one, block, sync))
+    return [latency_summary(t) for t in times]

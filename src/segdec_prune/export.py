@@ -58,17 +58,19 @@ def export_onnx(model: SegDecNet, height: int, width: int) -> onnx.ModelProto:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter logs about optional torchvision ops and deprecations; none concern us."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporter logs optional torchvision ops, deprecations and optimiser steps; none concern us."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def compare(model: SegDecNet, proto: onnx.ModelProto, images: np.ndarray) -> tuple[float, float]:

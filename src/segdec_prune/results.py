@@ -17,15 +17,27 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifacts import write_json
+from .artifacts import strict_json, write_json
 from .config import Config
 from .data.dataset import KSDD2Dataset, load_split, preprocessing_for
 from .deploy import engine_path, model_paths, onnx_path, open_runtime
-from .evaluation import evaluate_predictions, measure_latency, predict
+from .evaluation import evaluate_predictions, interleaved_latency, predict
 from .profiling import profile_run
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "real_evaluation_results.json"
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "real_evaluation_results.schema.json"
+
+
+def validate_results(doc: dict) -> None:
+    """Raise ValueError naming the first field of `doc` that breaks the published JSON schema."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(strict_json(doc)))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ValueError(f"results break {SCHEMA_FILE.name} at {where}: {error.message}")
 
 
 def library_versions() -> dict[str, str]:
@@ -61,7 +73,7 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
         profile = profile_run(run_dir)["models"]  # missing or stale: profile again
     test_set = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
     sample = test_set[0]["image"].numpy()
-    records, skipped = [], []
+    records, skipped, opened = [], [], []
     for name in names:
         prof = profile.get(name, {})
         for runtime, precision, path in artifacts_of(run_dir, name):
@@ -73,19 +85,18 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
                 skipped.append({"model": name, "runtime": runtime, "dtype": precision, "reason": str(exc)})
                 continue
             t0 = time.perf_counter()
-            sync = getattr(rt, "sync", None)
-            preds = predict(rt, test_set, dep.throughput_batch, sync)
+            preds = predict(rt, test_set, dep.throughput_batch, getattr(rt, "sync", None))
             metrics = evaluate_predictions(preds, test_set)
-            eval_seconds = time.perf_counter() - t0
-            latency = {**measure_latency(rt, sample, dep.warmup, dep.runs, sync), **preds.throughput()}
             records.append({
                 "model": name, "method": prof.get("method"), "ratio": prof.get("ratio"),
                 "runtime": runtime, "dtype": precision, "artifact": str(path), "artifact_bytes": path.stat().st_size,
                 "device": getattr(rt, "device", "cpu") if runtime == "tensorrt" else platform.processor() or platform.machine(),
                 "threads": dep.threads,
                 **{k: prof.get(k) for k in ("widths", "parameters", "macs", "param_reduction", "mac_reduction")},
-                **metrics, **latency, "eval_seconds": eval_seconds,
+                **metrics, **preds.throughput(), "eval_seconds": time.perf_counter() - t0,
             })
+            opened.append(rt)
+    _add_latency(records, opened, sample, dep.warmup, dep.runs, on_step)
     for runtime, reason in _unavailable().items():
         skipped.append({"runtime": runtime, "reason": reason})
     base = {(r["runtime"], r["dtype"]): r["latency_ms_median"] for r in records if r["model"] == "baseline_best"}
@@ -95,8 +106,40 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
     result = {"schema_version": SCHEMA_VERSION, "run": str(run_dir), "data": cfg.data.root, "split": "test",
               "input_size": [cfg.data.input_height, cfg.data.input_width], "profiling": str(profile_file),
               "libraries": library_versions(), "records": records, "skipped": skipped}
+    validate_results(result)  # a file that breaks its own schema is a bug here, not the reader's problem
     write_json(result, run_dir / RESULTS_FILE)
     return result
+
+
+def pareto_front(records: list[dict], runtime: str | None = "onnxruntime") -> list[dict]:
+    """The records no other beats on both test AP and batch-1 latency, fastest first.
+
+    `runtime` restricts the candidates (default: ONNX Runtime, the deployment target on a CPU);
+    with none of it present, every record competes.
+    """
+    rows = [r for r in records if r.get("ap") is not None and r.get("latency_ms_median")]
+    rows = [r for r in rows if r["runtime"] == runtime] or rows
+    front, best = [], float("-inf")
+    for r in sorted(rows, key=lambda r: (r["latency_ms_median"], -r["ap"])):
+        if r["ap"] > best:
+            front.append(r)
+            best = r["ap"]
+    return front
+
+
+def _add_latency(records: list[dict], runtimes: list, sample, warmup: int, runs: int,
+                 on_step: Callable[[str], None] | None) -> None:
+    """Latency of all models of one runtime and dtype, interleaved, so their ratios are like for like."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault((r["runtime"], r["dtype"]), []).append(i)
+    for (runtime, dtype), idx in groups.items():
+        if on_step:
+            on_step(f"latency {runtime} {dtype} ({len(idx)} models, interleaved)")
+        rts = [runtimes[i] for i in idx]
+        summaries = interleaved_latency(rts, sample, warmup, runs, syncs=[getattr(rt, "sync", None) for rt in rts])
+        for i, summary in zip(idx, summaries):
+            records[i].update(summary)
 
 
 def _unavailable() -> dict[str, str]:

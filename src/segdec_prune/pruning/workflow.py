@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from ..calibration import select
 from ..checkpoint import Checkpoint, InputSpec, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
@@ -34,14 +35,9 @@ class PruneOutcome:
 
 
 def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed: int) -> list[Batch]:
-    """`count` batches from the training split, half defective where possible, seeded."""
-    rng = np.random.default_rng(seed)
-    pos, neg = rng.permutation(np.flatnonzero(dataset.labels)), rng.permutation(np.flatnonzero(~dataset.labels))
-    n = count * batch_size
-    take_pos = min(len(pos), n // 2)
-    idx = np.concatenate([pos[:take_pos], neg[: n - take_pos]])
-    idx = rng.permutation(idx)
-    items = [dataset[int(i)] for i in idx]
+    """`count` batches from the training split, half defective where possible, seeded, shuffled."""
+    idx = select(dataset.labels, count * batch_size, 0.5, seed)
+    items = [dataset[int(i)] for i in np.random.default_rng(seed).permutation(idx)]
     return [
         {k: torch.stack([it[k] for it in items[s : s + batch_size]]) for k in items[0]}
         for s in range(0, len(items), batch_size)
