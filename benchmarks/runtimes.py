@@ -15,7 +15,6 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +23,7 @@ from segdec_prune.checkpoint import load_checkpoint
 from segdec_prune.config import load_config
 from segdec_prune.data.dataset import KSDD2Dataset, load_split, preprocessing_for
 from segdec_prune.deploy import onnx_path, open_runtime
-from segdec_prune.evaluation import classification_metrics, latency_samples, latency_summary, predict
+from segdec_prune.evaluation import classification_metrics, interleaved_latency, predict
 from segdec_prune.profiling import macs_and_params
 
 
@@ -39,7 +38,7 @@ def main() -> None:
     cfg = load_config(args.config)
     run, dep = cfg.run_dir, cfg.deploy
     test_set = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
-    one = test_set[0]["image"].numpy()[None]
+    one = test_set[0]["image"].numpy()
     names = ["baseline_best"] + [f"{args.method}_r{r}" for r in args.ratios]
     artifacts = {"torch": lambda n: run / "models" / f"{n}.pth",
                  "onnxruntime-fp32": lambda n: onnx_path(run, n),
@@ -53,24 +52,15 @@ def main() -> None:
                 continue
             rt, spec, _ = open_runtime(path, threads=dep.threads)
             preds = predict(rt, test_set, batch_size=dep.throughput_batch)
-            row = {"model": name, "runtime": runtime, "ap": classification_metrics(preds.labels, preds.scores)["ap"]}
+            row = {"model": name, "runtime": runtime, "ap": classification_metrics(preds.labels, preds.scores)["ap"],
+                   **preds.throughput()}
             if runtime == "torch":
                 row["macs"] = macs_and_params(load_checkpoint(path).model, spec.height, spec.width)[0]
             rows.append(row)
             runtimes.append(rt)
-            latency_samples(rt, one, dep.warmup)
-    # Interleaved rounds, so drift in a noisy machine's speed hits every model alike.
-    rounds = 5
-    times: list[list[float]] = [[] for _ in rows]
-    many: list[list[float]] = [[] for _ in rows]
-    batch = np.repeat(one, dep.throughput_batch, axis=0)
-    for _ in range(rounds):
-        for i, rt in enumerate(runtimes):
-            times[i] += latency_samples(rt, one, max(1, dep.runs // rounds))
-            many[i] += latency_samples(rt, batch, 1)
-    for row, t, m in zip(rows, times, many):
-        row.update(latency_summary(t))
-        row.update(latency_summary(m, dep.throughput_batch))
+    # One interleaved measurement of every model x runtime: drift in a noisy machine's speed hits all alike.
+    for row, summary in zip(rows, interleaved_latency(runtimes, one, dep.warmup, dep.runs)):
+        row.update(summary)
         console.print(f"{row['model']:>16} {row['runtime']:>17}: {row['latency_ms_median']:.2f} ms, AP {row['ap']:.4f}")
     macs = {r["model"]: r["macs"] for r in rows if "macs" in r}
     base = {r["runtime"]: r["latency_ms_median"] for r in rows if r["model"] == "baseline_best"}

@@ -130,7 +130,7 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     artifacts = [p for n in models for p in (run / "models" / f"{n}.pth", deploy.onnx_path(run, n),
                                              deploy.onnx_path(run, n, "int8"))]
     results = run / RESULTS_FILE
-    steps.append(Step("evaluate", lambda: evaluate_run(cfg) and "", artifacts,
+    steps.append(Step("evaluate", lambda: _evaluate(state, evaluate_run), artifacts,
                       {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None}, lambda: [results]))
     steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
     return steps
@@ -139,6 +139,20 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
 def _train(state: RunState) -> str:
     result = train_baseline(state.cfg, state.sets, progress=state.progress)
     return f"best val AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}"
+
+
+def _evaluate(state: RunState, evaluate_run) -> str:
+    """Every model x runtime, with a status line saying which one is running (minutes on a CPU)."""
+    bar = state.progress
+    if bar is None:
+        return f"{len(evaluate_run(state.cfg)['records'])} records"
+    task = bar.add_task("evaluate", total=None, info="")
+    try:
+        result = evaluate_run(state.cfg, lambda what: bar.update(task, advance=1, info=what))
+    finally:
+        bar.remove_task(task)
+    skipped = sorted({x["runtime"] for x in result["skipped"]})
+    return f"{len(result['records'])} model x runtime records" + (f"; not run: {', '.join(skipped)}" if skipped else "")
 
 
 def deploy_profile(run: Path) -> str:
