@@ -447,7 +447,7 @@ def run(
     front = pareto_front(records := json.loads(results.read_text())["records"]) if results.is_file() else []
     if front:
         base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == front[0]["runtime"]]
-        console.print(_records_table(base + front, f"which model to ship ({front[0]['runtime']}): the baseline, then the "
+        console.print(_records_table(base + [r for r in front if r not in base], f"which model to ship ({front[0]['runtime']}): the baseline, then the "
                                      "Pareto front of test AP vs batch-1 latency (* at the best-F1 threshold)", full=False))
     console.print(f"results: {results}\ncharts:  {cfg.run_dir / 'charts'}\n"
                   f"manifest: {cfg.run_dir / 'manifest.json'}")
