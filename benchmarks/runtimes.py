@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from segdec_prune.artifacts import write_json
 from segdec_prune.checkpoint import load_checkpoint
@@ -64,7 +64,7 @@ def main() -> None:
         console.print(f"{row['model']:>16} {row['runtime']:>17}: {row['latency_ms_median']:.2f} ms, AP {row['ap']:.4f}")
     macs = {r["model"]: r["macs"] for r in rows if "macs" in r}
     base = {r["runtime"]: r["latency_ms_median"] for r in rows if r["model"] == "baseline_best"}
-    table = Table("model", "runtime", "MAC red.", "median ms", "p90 ms", "speedup", "img/s", "test AP",
+    table = Table(Column("model", no_wrap=True), Column("runtime", no_wrap=True), "MAC red.", "median ms", "p90 ms", "speedup", "img/s", "test AP",
                   title=f"batch 1, {dep.threads} threads, {platform.processor() or platform.machine()} ({os.cpu_count()} cores)")
     for r in rows:
         r["mac_reduction"] = 1 - macs[r["model"]] / macs["baseline_best"] if r["model"] in macs else None
