@@ -51,6 +51,11 @@ class Checkpoint:
     input_spec: InputSpec
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def data_root(self) -> str:
+        """The data set it was trained on, as its config recorded it ("" when unknown)."""
+        return self.metadata.get("config", {}).get("data", {}).get("root", "")
+
 
 def save_checkpoint(
     path: str | os.PathLike, model: SegDecNet, input_spec: InputSpec, metadata: dict | None = None

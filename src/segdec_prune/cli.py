@@ -302,7 +302,7 @@ def export(
                 raise ConfigError("--model needs --output FILE.onnx")
             jobs = [(model, output)]
         first = load_checkpoint(jobs[0][0])
-        root = data or Path(first.metadata.get("config", {}).get("data", {}).get("root", ""))
+        root = data or Path(first.data_root)
         images = check_images(root, first.input_spec)
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
@@ -342,7 +342,7 @@ def build(
     """Build a runtime artifact for every exported model of the run."""
     from .calibration import calibration_path, load_calibration
     from .deploy import build_run, check_runtime
-    from .runtimes.tensorrt_runtime import TensorRTUnavailable, unavailable_reason
+    from .runtimes.tensorrt_runtime import unavailable_reason
 
     try:
         cfg = load_config(config, set_)
@@ -358,9 +358,7 @@ def build(
             task = bar.add_task("", total=None)
             built = build_run(cfg.run_dir, runtime, precision, calib, cfg.deploy.int8_op_types,
                               lambda name, path: bar.advance(task))
-    except TensorRTUnavailable as exc:  # e.g. TensorRT 11 without the FP16 flag
-        _fail(exc)
-    except (*USER_ERRORS, RuntimeError) as exc:
+    except (*USER_ERRORS, RuntimeError) as exc:  # incl. TensorRTUnavailable, e.g. TensorRT 11 without FP16
         _fail(exc)
     for path in built:
         console.print(f"built {path}")
@@ -432,8 +430,8 @@ def run(
             bar.stop()
             _fail(exc)
     stages: dict[str, list] = {}
-    for o, st in zip(outcomes, steps):
-        stages.setdefault(st.stage or st.name, []).append(o)
+    for o in outcomes:
+        stages.setdefault(stage_of[o.name], []).append(o)
     table = Table("stage", "steps", "ran", "up to date", "unavailable", "seconds", title="pipeline")
     for stage, os_ in stages.items():
         count = {k: sum(o.status == k for o in os_) for k in ("done", "skipped", "unavailable")}
@@ -447,8 +445,9 @@ def run(
     front = pareto_front(records := json.loads(results.read_text())["records"]) if results.is_file() else []
     if front:
         base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == front[0]["runtime"]]
-        console.print(_records_table(base + [r for r in front if r not in base], f"which model to ship ({front[0]['runtime']}): the baseline, then the "
-                                     "Pareto front of test AP vs batch-1 latency (* at the best-F1 threshold)", full=False))
+        title = (f"which model to ship ({front[0]['runtime']}): the baseline, then the Pareto front of test AP vs "
+                 "batch-1 latency (* at the best-F1 threshold)")
+        console.print(_records_table(base + [r for r in front if r not in base], title, full=False))
     console.print(f"results: {results}\ncharts:  {cfg.run_dir / 'charts'}\n"
                   f"manifest: {cfg.run_dir / 'manifest.json'}")
 

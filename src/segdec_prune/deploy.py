@@ -40,7 +40,7 @@ def export_checkpoint(ckpt: Checkpoint, name: str, images: np.ndarray, out: Path
     """Export + verify one model; records its input spec in the ONNX metadata."""
     spec = ckpt.input_spec
     meta = {"segdec_prune.name": name, "segdec_prune.input_spec": json.dumps(asdict(spec)),
-            "segdec_prune.data_root": ckpt.metadata.get("config", {}).get("data", {}).get("root", "")}
+            "segdec_prune.data_root": ckpt.data_root}
     return export_and_verify(ckpt.model, spec.height, spec.width, images, out, meta)
 
 
@@ -50,10 +50,6 @@ def onnx_input_spec(path: str | Path) -> tuple[InputSpec, str]:
     if "segdec_prune.input_spec" not in props:
         raise ValueError(f"{path} was not exported by segdec-prune (no input spec in its metadata)")
     return InputSpec.from_dict(json.loads(props["segdec_prune.input_spec"])), props.get("segdec_prune.data_root", "")
-
-
-def export_run(run_dir: Path, images: np.ndarray) -> list:
-    return [export_checkpoint(load_checkpoint(p), p.stem, images, onnx_path(run_dir, p.stem)) for p in model_paths(run_dir)]
 
 
 def check_runtime(runtime: str, precision: str) -> None:
@@ -128,8 +124,7 @@ def open_runtime(path: str | Path, threads: int = 0):
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(path)
-    root = ckpt.metadata.get("config", {}).get("data", {}).get("root", "")
-    return TorchRuntime(ckpt.model, resolve_device("auto")), ckpt.input_spec, root
+    return TorchRuntime(ckpt.model, resolve_device("auto")), ckpt.input_spec, ckpt.data_root
 
 
 def check_images(root: str | Path, spec: InputSpec, n: int = 8) -> np.ndarray:

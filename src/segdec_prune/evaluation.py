@@ -145,12 +145,12 @@ def latency_samples(runtime: Runtime, batch: np.ndarray, runs: int, sync: Callab
     return times
 
 
-def latency_summary(times: list[float], batch: int = 1) -> dict[str, float | int]:
+def latency_summary(times: list[float]) -> dict[str, float | int]:
     return {
         "latency_ms_median": float(np.median(times) * 1e3),
         "latency_ms_p90": float(np.percentile(times, 90) * 1e3),
         "latency_runs": len(times),
-    } if batch == 1 else {"throughput_ips": float(batch * len(times) / np.sum(times)), "throughput_batch": batch}
+    }
 
 
 def measure_latency(runtime: Runtime, sample: np.ndarray, warmup: int = 5, runs: int = 30,
@@ -180,6 +180,7 @@ def interleaved_latency(runtimes: Sequence[Runtime], sample: np.ndarray, warmup:
     for r in range(rounds):
         block = runs // rounds + (r < runs % rounds)
         for rt, sync, acc in zip(runtimes, syncs, times):
-            latency_samples(rt, one, 1 if r else 0, sync)
+            if r:
+                latency_samples(rt, one, 1, sync)
             acc.extend(latency_samples(rt, one, block, sync))
     return [latency_summary(t) for t in times]
