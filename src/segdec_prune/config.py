@@ -18,10 +18,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .model import decision_map_size
+from .pruning.methods import known_methods, unknown_methods
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key."""
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -69,6 +73,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # 0 = torch default
+    momentum: float = 0.0  # SGD momentum (the paper: none)
+    lr_schedule: str = "constant"  # constant | cosine (per step, down to 0 at the last step)
+    seg_weight: float = 1.0  # segmentation-loss weight when dyn_balanced_loss is off
 
     def validate(self) -> None:
         _require("train.epochs", self.epochs >= 1, f"must be >= 1, got {self.epochs}")
@@ -78,6 +85,10 @@ class TrainConfig:
         _require("train.seg_loss_max", self.seg_loss_max > 0, f"must be > 0, got {self.seg_loss_max}")
         _require("train.validate_every", self.validate_every >= 1, f"must be >= 1, got {self.validate_every}")
         _require("train.num_threads", self.num_threads >= 0, f"must be >= 0, got {self.num_threads}")
+        _require("train.momentum", 0 <= self.momentum < 1, f"must be in [0, 1), got {self.momentum}")
+        _require("train.lr_schedule", self.lr_schedule in LR_SCHEDULES,
+                 f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        _require("train.seg_weight", self.seg_weight >= 0, f"must be >= 0, got {self.seg_weight}")
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         _require("train.device", ok, f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -86,8 +97,6 @@ class TrainConfig:
 class PruneConfig:
     methods: list = field(default_factory=lambda: ["naive_l1", "naive_fn", "ours_c1", "ours_c2", "ours_c3", "ours_c4"])
     ratios: list = field(default_factory=lambda: [0.2, 0.4, 0.6])
-    finetune_epochs: int = 3
-    finetune_lr: float = 0.01
     calibration_batches: int = 8
     round_to: int = 32  # ours_c1 alignment N
     c3_lambda: float = 0.5
@@ -95,16 +104,33 @@ class PruneConfig:
     fn_sparsity_epochs: int = 0  # naive_fn: K epochs of L1 sparsity training before pruning
     include_extractor: bool = False  # also prune the decision head's three small convs
     seed: int = 0
+    # The recovery recipe (README "Recovery"): the same for every method, so the comparison is fair.
+    finetune_epochs: int = 3
+    finetune_lr: float = 0.01
+    finetune_momentum: float = 0.9
+    finetune_schedule: str = "cosine"  # constant | cosine
+    finetune_seg_weight: float = 3.0  # fixed loss weights: segmentation this, decision train.delta
+    steps: int = 1  # iterative pruning: reach the ratio in this many prune -> fine-tune rounds
+    distill: bool = True  # learn the unpruned baseline's outputs too (soft targets)
+    distill_temperature: float = 1.0
+    distill_dec_weight: float = 1.0  # weight of the decision-logit distillation term
+    distill_seg_weight: float = 1.0  # weight of the per-pixel segmentation distillation term
 
     def validate(self) -> None:
-        from .pruning.methods import METHODS
-
-        unknown = [m for m in self.methods if m not in METHODS]
-        _require("prune.methods", not unknown, f"unknown {unknown}; known: {', '.join(METHODS)}")
+        unknown = unknown_methods(self.methods)
+        _require("prune.methods", not unknown, f"unknown {unknown}; known: {', '.join(known_methods())}")
         bad = [r for r in self.ratios if not isinstance(r, (int, float)) or not 0 < r < 1]
         _require("prune.ratios", not bad and bool(self.ratios), f"each ratio must be in (0, 1), got {self.ratios}")
         _require("prune.finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}")
         _require("prune.finetune_lr", self.finetune_lr > 0, f"must be > 0, got {self.finetune_lr}")
+        _require("prune.finetune_momentum", 0 <= self.finetune_momentum < 1, f"must be in [0, 1), got {self.finetune_momentum}")
+        _require("prune.finetune_schedule", self.finetune_schedule in LR_SCHEDULES,
+                 f"must be one of {', '.join(LR_SCHEDULES)}, got {self.finetune_schedule!r}")
+        _require("prune.finetune_seg_weight", self.finetune_seg_weight >= 0, f"must be >= 0, got {self.finetune_seg_weight}")
+        _require("prune.steps", self.steps >= 1, f"must be >= 1, got {self.steps}")
+        _require("prune.distill_temperature", self.distill_temperature > 0, f"must be > 0, got {self.distill_temperature}")
+        for key in ("distill_dec_weight", "distill_seg_weight"):
+            _require(f"prune.{key}", getattr(self, key) >= 0, f"must be >= 0, got {getattr(self, key)}")
         _require("prune.calibration_batches", self.calibration_batches >= 1, f"must be >= 1, got {self.calibration_batches}")
         _require("prune.round_to", self.round_to >= 1, f"must be >= 1, got {self.round_to}")
         _require("prune.c3_lambda", 0 <= self.c3_lambda <= 1, f"must be in [0, 1], got {self.c3_lambda}")

@@ -67,6 +67,15 @@ class RunState:
         p = self.cfg.prune
         return calibration_batches(self.sets[0], p.calibration_batches, self.cfg.train.batch_size, p.seed)
 
+    @cached_property
+    def teacher(self):
+        """The baseline's outputs on the training split, for distillation (cached in the run)."""
+        from .pruning.distill import teacher_outputs
+        from .training import resolve_device
+
+        return teacher_outputs(self.cfg.run_dir, self.baseline_file, self.baseline.model, self.sets[0],
+                               resolve_device(self.cfg.train.device))
+
     def prune(self, method: Method, ratio: float, finetune_epochs: int) -> PruneOutcome:
         """Prune (naive_fn: after optional sparsity training, done once), fine-tune, save."""
         from .pruning.workflow import prune_one, sparsity_trained
@@ -76,8 +85,9 @@ class RunState:
             if self._sparse is None:
                 self._sparse = sparsity_trained(self.baseline, self.cfg, *self.sets, progress=self.progress)
             source = self._sparse
+        teacher = self.teacher if self.cfg.prune.distill and finetune_epochs > 0 else None
         return prune_one(self.baseline, method, ratio, self.cfg, *self.sets, self.batches, finetune_epochs,
-                         progress=self.progress, source=source)
+                         progress=self.progress, source=source, teacher=teacher)
 
 
 def plan(cfg: Config, state: RunState) -> list[Step]:

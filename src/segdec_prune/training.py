@@ -4,6 +4,8 @@ Loss = w_seg * BCE(seg) x distance weights (segmented samples only) + w_dec * BC
 with dynamic balancing w_seg = 1 - e/E, w_dec = delta * e/E, gradient-flow adjustment (no
 decision gradient into the segmentation path), plain SGD, balanced epochs. Model selection
 uses validation AP (ties: lower validation decision loss), never the test set.
+Fine-tuning reuses it with fixed weights, momentum, a cosine schedule and extra loss terms
+(distillation), all from the config.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from .evaluation import classification_metrics, predict
 from .model import SegDecNet
 from .runtimes import TorchRuntime
 
-ExtraLoss = Callable[[SegDecNet], torch.Tensor]
+Batch = dict[str, torch.Tensor]
+# An extra loss term: (model, batch, (decision logits, segmentation logits)) -> scalar.
+ExtraLoss = Callable[[SegDecNet, Batch, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
 
 
 @dataclass
@@ -38,6 +42,7 @@ class EpochRecord:
     loss_dec: float
     loss: float
     seconds: float
+    loss_extra: float = 0.0
     val_ap: float | None = None
     val_loss: float | None = None
 
@@ -77,14 +82,20 @@ def seed_everything(seed: int) -> None:
 def loss_weights(epoch: int, cfg: TrainConfig) -> tuple[float, float]:
     """(segmentation, decision) loss weights for a 0-based epoch."""
     if not cfg.dyn_balanced_loss:
-        return 1.0, cfg.delta
+        return cfg.seg_weight, cfg.delta
     frac = epoch / cfg.epochs
     return 1.0 - frac, cfg.delta * frac
 
 
-def batch_losses(model: SegDecNet, batch: dict[str, torch.Tensor], weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_losses(model: SegDecNet, batch: Batch, weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(segmentation loss, decision loss) of one batch, each a scalar mean over the batch."""
-    dec, seg = model(batch["image"])
+    return output_losses(model(batch["image"]), batch, weighted)
+
+
+def output_losses(outputs: tuple[torch.Tensor, torch.Tensor], batch: Batch,
+                  weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ground-truth losses of `batch_losses` from outputs already computed."""
+    dec, seg = outputs
     loss_dec = F.binary_cross_entropy_with_logits(dec, batch["label"])
     per_pixel = F.binary_cross_entropy_with_logits(seg, batch["seg"], reduction="none")
     if weighted:
@@ -108,16 +119,19 @@ def train(
     train_set: KSDD2Dataset,
     val_set: KSDD2Dataset,
     cfg: TrainConfig,
-    save_path: str | Path,
+    save_path: str | Path | None,
     input_spec: InputSpec,
     metadata: dict | None = None,
     extra_loss: ExtraLoss | None = None,
     show_progress: bool = True,
     description: str = "train",
     progress: Progress | None = None,
+    iterations: int | None = None,
 ) -> TrainResult:
-    """Train in place; saves the best-by-validation checkpoint to `save_path` and leaves the
-    model holding those best weights. Pass `progress` to show it inside an existing display."""
+    """Train in place; leaves the model holding its best-by-validation weights and saves them
+    to `save_path` (None: the caller saves). Pass `progress` to show it inside an existing display.
+    `iterations` stops after that many batches instead of `cfg.epochs` whole epochs (iterative
+    pruning's short rounds); the last (partial) epoch always validates."""
     seed_everything(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -126,30 +140,42 @@ def train(
     model.decision_grad_scale = 0.0 if cfg.gradient_adjustment else 1.0
     sampler = EpochSampler(train_set.labels, cfg.frequency_sampling, cfg.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    total = iterations if iterations is not None else cfg.epochs * len(loader)
+    if total < 1:
+        raise ValueError(f"nothing to train: {total} iterations")
+    epochs = -(-total // len(loader))
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+                if cfg.lr_schedule == "cosine" else None)
     result = TrainResult(best_epoch=-1, best_val_ap=-1.0)
     best_key, best_state = (-1.0, float("inf")), None
-    start = time.perf_counter()
+    start, step = time.perf_counter(), 0
     with nullcontext(progress) if progress is not None else new_progress(disable=not show_progress) as bar:
-        task = bar.add_task(description, total=cfg.epochs * len(loader), info="")
-        for epoch in range(cfg.epochs):
+        task = bar.add_task(description, total=total, info="")
+        for epoch in range(epochs):
             w_seg, w_dec = loss_weights(epoch, cfg)
             model.train()
-            sums, n, t0 = np.zeros(3), 0, time.perf_counter()
+            sums, n, t0 = np.zeros(4), 0, time.perf_counter()
             for batch in loader:
+                if step == total:
+                    break
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss_seg, loss_dec = batch_losses(model, batch, cfg.weighted_seg_loss)
+                outputs = model(batch["image"])
+                loss_seg, loss_dec = output_losses(outputs, batch, cfg.weighted_seg_loss)
                 loss = w_seg * loss_seg + w_dec * loss_dec
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model)
+                extra = extra_loss(model, batch, outputs) if extra_loss is not None else torch.zeros(())
+                loss = loss + extra
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                sums += [loss_seg.item(), loss_dec.item(), loss.item()]
-                n += 1
+                if schedule is not None:
+                    schedule.step()
+                sums += [loss_seg.item(), loss_dec.item(), loss.item(), extra.item()]
+                n, step = n + 1, step + 1
                 bar.update(task, advance=1, info=f"ep {epoch + 1} seg {sums[0] / n:.4f} dec {sums[1] / n:.4f}")
-            rec = EpochRecord(epoch, *(sums / max(n, 1)).tolist(), seconds=time.perf_counter() - t0)
-            if (epoch + 1) % cfg.validate_every == 0 or epoch == cfg.epochs - 1:
+            mean = (sums / max(n, 1)).tolist()
+            rec = EpochRecord(epoch, *mean[:3], seconds=time.perf_counter() - t0, loss_extra=mean[3])
+            if (epoch + 1) % cfg.validate_every == 0 or epoch == epochs - 1:
                 rec.val_ap, rec.val_loss = validate(model, val_set, device)
                 if (rec.val_ap, -rec.val_loss) > (best_key[0], -best_key[1]):
                     best_key = (rec.val_ap, rec.val_loss)
@@ -159,7 +185,8 @@ def train(
             result.history.append(rec)
             if not bar.disable:
                 bar.console.print(
-                    f"{description} epoch {epoch + 1}/{cfg.epochs}: loss seg {rec.loss_seg:.4f} dec {rec.loss_dec:.4f}"
+                    f"{description} epoch {epoch + 1}/{epochs}: loss seg {rec.loss_seg:.4f} dec {rec.loss_dec:.4f}"
+                    + (f" extra {rec.loss_extra:.4f}" if extra_loss is not None else "")
                     + (f", val AP {rec.val_ap:.4f}" if rec.val_ap is not None else "") + f" ({rec.seconds:.0f} s)"
                 )
         if progress is not None:
@@ -167,7 +194,13 @@ def train(
     result.seconds = time.perf_counter() - start
     assert best_state is not None  # the last epoch always validates
     model.load_state_dict(best_state)
-    meta = {**(metadata or {}), "training": result.to_dict(), "train_config": asdict(cfg)}
-    save_checkpoint(save_path, model.cpu(), input_spec, meta)
-    model.to(device)
+    if save_path is not None:
+        meta = {**(metadata or {}), "training": result.to_dict(), "train_config": asdict(cfg)}
+        save_checkpoint(save_path, model.cpu(), input_spec, meta)
+        model.to(device)
     return result
+
+
+def batches_per_epoch(train_set: KSDD2Dataset, batch_size: int) -> int:
+    """Batches in one balanced epoch (every positive plus as many negatives)."""
+    return -(-2 * int(train_set.labels.sum()) // batch_size)

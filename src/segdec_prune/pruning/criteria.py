@@ -189,3 +189,15 @@ class TaylorFO(Criterion):
         finally:
             model.decision_grad_scale = scale
             model.zero_grad()
+
+
+def _check_method_table() -> None:
+    """Every method names a registered criterion (methods.py is a leaf module, so check here)."""
+    from .methods import METHODS
+
+    missing = {m.name: m.criterion for m in METHODS.values() if m.criterion not in CRITERIA}
+    if missing:
+        raise RuntimeError(f"methods name unregistered criteria: {missing}")
+
+
+_check_method_table()

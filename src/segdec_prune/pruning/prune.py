@@ -3,7 +3,8 @@
 The graph carries every channel dependency (FeatureNorm scale/bias along dim 1, the 1x1 seg
 head's inputs, and the cat of the 1024-channel volume with the 1-channel mask feeding the
 decision extractor). Scores for every layer are computed on the unpruned model, then each
-prunable conv loses its lowest-scoring output channels.
+prunable conv loses its lowest-scoring output channels. Iterative pruning calls this once per
+round with the widths `round_widths` plans, so the scores are recomputed on the current model.
 """
 
 from __future__ import annotations
@@ -72,6 +73,18 @@ def target_widths(widths: Widths, ratio: float, include_extractor: bool = False,
     return Widths(volume=tuple(keep(w) for w in widths.volume), extractor=ext)
 
 
+def round_widths(start: Widths, end: Widths, steps: int) -> list[Widths]:
+    """Iterative pruning's widths after each of `steps` rounds: each layer loses an equal share
+    (rounded) of the channels it loses in all; the last round ends exactly at `end`."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+    def at(a: tuple[int, ...], b: tuple[int, ...], i: int) -> tuple[int, ...]:
+        return tuple(x - round((x - y) * i / steps) for x, y in zip(a, b))
+
+    return [Widths(at(start.volume, end.volume, i), at(start.extractor, end.extractor, i)) for i in range(1, steps + 1)]
+
+
 def prune_model(
     model: SegDecNet,
     method: Method,
@@ -83,18 +96,35 @@ def prune_model(
     options: dict | None = None,
     seed: int = 0,
 ) -> tuple[SegDecNet, dict[str, list[int]]]:
-    """A pruned copy of `model` (CPU; the original is untouched) and, per pruned conv, the
-    indices of the output channels it removed (kept in checkpoint metadata for provenance)."""
+    """A pruned copy of `model` (CPU; the original is untouched) with `ratio` of each prunable
+    layer removed and, per pruned conv, the indices of the output channels it removed (kept in
+    checkpoint metadata for provenance)."""
+    target = target_widths(model.widths, ratio, include_extractor, round_to if method.aligned else None)
+    return prune_to_widths(model, method, target, batches, input_size, include_extractor, options, seed)
+
+
+def prune_to_widths(
+    model: SegDecNet,
+    method: Method,
+    target: Widths,
+    batches: Sequence[Batch],
+    input_size: tuple[int, int],
+    include_extractor: bool = False,
+    options: dict | None = None,
+    seed: int = 0,
+) -> tuple[SegDecNet, dict[str, list[int]]]:
+    """A pruned copy of `model` with exactly the widths `target`, lowest scores removed."""
     model = copy.deepcopy(model).cpu().eval()
     model.decision_grad_scale = 1.0
     criterion = CRITERIA[method.criterion](seed=seed, **(options or {}))
     criterion.prepare(model, [{k: v.cpu() for k, v in b.items()} for b in batches])
-    target = target_widths(model.widths, ratio, include_extractor, round_to if method.aligned else None)
     graph = build_graph(model, torch.rand(1, model.in_channels, *input_size))
     convs = prunable_convs(model, include_extractor)
     keeps = list(target.volume) + (list(target.extractor) if include_extractor else [])
     plan: list[tuple[nn.Conv2d, list[int]]] = []
     for conv, keep in zip(convs, keeps):
+        if not 1 <= keep <= conv.out_channels:
+            raise ValueError(f"cannot prune a layer of {conv.out_channels} channels to {keep}")
         group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
         scores = criterion(group)
         order = torch.argsort(scores, stable=True)  # ties: lower index pruned first, deterministic
@@ -108,5 +138,6 @@ def prune_model(
         volume=tuple(c.out_channels for c in prunable_convs(model)),
         extractor=tuple(c.out_channels for c in prunable_convs(model, True)[9:]),
     )
-    assert model.widths == target, (model.widths, target)
+    expected = target if include_extractor else Widths(target.volume, model.widths.extractor)
+    assert model.widths == expected, (model.widths, expected)
     return model, removed

@@ -1,4 +1,4 @@
-"""Prune -> fine-tune -> save, for one method at one ratio or the whole sweep."""
+"""Prune -> fine-tune (with distillation, in one or several rounds) -> save, for one method at one ratio."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from ..checkpoint import Checkpoint, InputSpec, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
 from ..model import SegDecNet, count_parameters
-from ..training import resolve_device, train, validate
+from ..training import batches_per_epoch, resolve_device, train, validate
 from .criteria import Batch
+from .distill import Distillation, TeacherOutputs
 from .methods import Method, model_name
-from .prune import prune_model
+from .prune import prune_to_widths, round_widths, target_widths
 
 
 @dataclass
@@ -45,19 +46,86 @@ def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed
 
 
 def finetune_config(cfg: Config, epochs: int) -> TrainConfig:
-    """Fine-tuning: the training recipe with fixed loss weights (the model is already trained)."""
-    return dataclasses.replace(cfg.train, epochs=epochs, lr=cfg.prune.finetune_lr, dyn_balanced_loss=False,
-                               validate_every=1)
+    """Fine-tuning: the training loop with the recovery recipe of `prune.*` (fixed loss weights:
+    the model is already trained; momentum and schedule as configured)."""
+    p = cfg.prune
+    return dataclasses.replace(cfg.train, epochs=max(epochs, 1), lr=p.finetune_lr, momentum=p.finetune_momentum,
+                               lr_schedule=p.finetune_schedule, dyn_balanced_loss=False,
+                               seg_weight=p.finetune_seg_weight, validate_every=1)
+
+
+def distillation(cfg: Config, teacher: TeacherOutputs | None, train_set: KSDD2Dataset) -> Distillation | None:
+    """The distillation term for fine-tuning, or None when `prune.distill` is off."""
+    p = cfg.prune
+    if not p.distill:
+        return None
+    if teacher is None:
+        raise ValueError("prune.distill is on but no teacher outputs were given")
+    return Distillation(teacher, train_set, p.distill_temperature, p.distill_dec_weight, p.distill_seg_weight)
 
 
 def sparsity_penalty(lam: float):
     """Network Slimming's L1 penalty on the FeatureNorm scales of the prunable blocks."""
 
-    def penalty(model: SegDecNet) -> torch.Tensor:
+    def penalty(model: SegDecNet, *_: object) -> torch.Tensor:
         blocks = [m for m in list(model.volume) if isinstance(m, torch.nn.Sequential)]
         return lam * sum(b[1].scale.abs().sum() for b in blocks)
 
     return penalty
+
+
+@dataclass
+class Recovered:
+    """A pruned, fine-tuned model and what each round of pruning did."""
+
+    model: SegDecNet
+    val_ap_pruned: float  # right after the first pruning round, before any fine-tuning
+    val_ap: float
+    rounds: list[dict]
+
+
+def prune_and_recover(
+    source: SegDecNet,
+    method: Method,
+    ratio: float,
+    cfg: Config,
+    train_set: KSDD2Dataset,
+    val_set: KSDD2Dataset,
+    batches: Sequence[Batch],
+    finetune_epochs: int,
+    teacher: TeacherOutputs | None = None,
+    progress: Progress | None = None,
+    description: str = "fine-tune",
+) -> Recovered:
+    """Prune `source` to `ratio` in `prune.steps` rounds (scores recomputed on the current model
+    each round), fine-tuning after each round; the rounds share `finetune_epochs` epochs of
+    batches equally, so one-shot and iterative get the same total fine-tuning."""
+    p = cfg.prune
+    size = (cfg.data.input_height, cfg.data.input_width)
+    target = target_widths(source.widths, ratio, p.include_extractor, p.round_to if method.aligned else None)
+    plan = round_widths(source.widths, target, p.steps)
+    ft_cfg = finetune_config(cfg, finetune_epochs)
+    total = finetune_epochs * batches_per_epoch(train_set, ft_cfg.batch_size)
+    extra = distillation(cfg, teacher, train_set) if total else None
+    device = resolve_device(cfg.train.device)
+    options = {"lam": p.c3_lambda, "delta": cfg.train.delta}
+    model, rounds = source, []
+    for i, widths in enumerate(plan):
+        model, removed = prune_to_widths(model, method, widths, batches, size, p.include_extractor, options, p.seed + i)
+        record = {"widths": widths.to_dict(), "removed_channels": removed,
+                  "val_ap_pruned": validate(model, val_set, device)[0]}
+        iterations = total * (i + 1) // len(plan) - total * i // len(plan)
+        if iterations:
+            round_cfg = dataclasses.replace(ft_cfg, seed=ft_cfg.seed + i)
+            step = f" {i + 1}/{len(plan)}" if len(plan) > 1 else ""
+            result = train(model, train_set, val_set, round_cfg, None, InputSpec(), extra_loss=extra,
+                           progress=progress, description=description + step, iterations=iterations)
+            record.update(val_ap=result.best_val_ap, iterations=iterations, training=result.to_dict())
+        else:
+            record["val_ap"] = record["val_ap_pruned"]
+        rounds.append(record)
+        model.cpu()
+    return Recovered(model, rounds[0]["val_ap_pruned"], rounds[-1]["val_ap"], rounds)
 
 
 def prune_one(
@@ -71,33 +139,28 @@ def prune_one(
     finetune_epochs: int,
     progress: Progress | None = None,
     source: SegDecNet | None = None,
+    teacher: TeacherOutputs | None = None,
 ) -> PruneOutcome:
     """Prune `source` (default: the baseline's model), fine-tune, save models/{name}.pth."""
     start = time.perf_counter()
     name = model_name(method.name, ratio)
-    spec: InputSpec = baseline.input_spec
-    options = {"lam": cfg.prune.c3_lambda, "delta": cfg.train.delta}
-    pruned, removed = prune_model(source or baseline.model, method, ratio, batches, (spec.height, spec.width),
-                         cfg.prune.round_to, cfg.prune.include_extractor, options, cfg.prune.seed)
-    val_ap_pruned, _ = validate(pruned, val_set, resolve_device(cfg.train.device))
-    pruned.cpu()
+    out = prune_and_recover(source or baseline.model, method, ratio, cfg, train_set, val_set, batches,
+                            finetune_epochs, teacher, progress, f"fine-tune {name}")
+    pruned = out.model
     base_params = count_parameters(baseline.model)
     meta = {
         "name": name, "method": method.name, "criterion": method.criterion, "ratio": ratio,
         "widths": pruned.widths.to_dict(), "parameters": count_parameters(pruned),
         "param_reduction": 1 - count_parameters(pruned) / base_params,
-        "val_ap_pruned": val_ap_pruned, "removed_channels": removed, "prune_config": dataclasses.asdict(cfg.prune),
-        "config": cfg.to_dict(),
+        "val_ap_pruned": out.val_ap_pruned, "val_ap": out.val_ap,
+        "removed_channels": out.rounds[0]["removed_channels"] if len(out.rounds) == 1 else None,
+        "rounds": out.rounds, "teacher_sha256": teacher.baseline_sha256 if teacher and cfg.prune.distill else None,
+        "finetune_config": dataclasses.asdict(finetune_config(cfg, finetune_epochs)) if finetune_epochs else None,
+        "prune_config": dataclasses.asdict(cfg.prune), "config": cfg.to_dict(),
     }
     path = cfg.run_dir / "models" / f"{name}.pth"
-    if finetune_epochs > 0:
-        result = train(pruned, train_set, val_set, finetune_config(cfg, finetune_epochs), path, spec, meta,
-                       progress=progress, description=f"fine-tune {name}")
-        val_ap = result.best_val_ap
-    else:
-        save_checkpoint(path, pruned, spec, meta)
-        val_ap = val_ap_pruned
-    return PruneOutcome(name, path, pruned.widths.to_dict(), val_ap_pruned, val_ap, time.perf_counter() - start)
+    save_checkpoint(path, pruned, baseline.input_spec, meta)
+    return PruneOutcome(name, path, pruned.widths.to_dict(), out.val_ap_pruned, out.val_ap, time.perf_counter() - start)
 
 
 def sparsity_trained(baseline: Checkpoint, cfg: Config, train_set: KSDD2Dataset, val_set: KSDD2Dataset,

@@ -1,0 +1,114 @@
+"""How well pruned models recover: fine-tuning recipes side by side at one ratio.
+
+For each recipe x fine-tuning epochs x method x seed: prune the run's baseline, fine-tune with
+that recipe (`pruning.workflow.prune_and_recover`, the code `run` uses), then measure test AP and
+Dice. Prints mean ± sd over seeds, wall seconds, and the baseline's AP and Dice on the same test
+split; writes runs/<name>/recovery_benchmark.json.
+
+    python benchmarks/recovery.py --config configs/demo.toml --seeds 3
+
+A recipe is a list of config overrides on top of the config file. Built in:
+  plain         the seed's fine-tuning: SGD without momentum, constant lr (--plain-lr), segmentation
+                weight 1, no distillation
+  tuned         the config's recipe (prune.finetune_*) without distillation
+  distill       the config's recipe with distillation, one-shot
+  distill_iter  the same in prune.steps = 3 rounds (same total fine-tuning batches)
+Add your own with --recipe NAME=section.key=value,section.key=value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from common import Bench, fmt, mean_sd
+from segdec_prune.artifacts import write_json
+from segdec_prune.config import load_config
+from segdec_prune.profiling import macs_and_params
+from segdec_prune.pruning.methods import get_method
+from segdec_prune.pruning.workflow import calibration_batches, prune_and_recover
+
+RECIPES: dict[str, list[str]] = {
+    "plain": ["prune.distill=false", "prune.steps=1", "prune.finetune_momentum=0.0",
+              "prune.finetune_schedule='constant'", "prune.finetune_seg_weight=1.0"],
+    "tuned": ["prune.distill=false", "prune.steps=1"],
+    "distill": ["prune.distill=true", "prune.steps=1"],
+    "distill_iter": ["prune.distill=true", "prune.steps=3"],
+}
+
+
+def parse_recipes(names: list[str], custom: list[str], plain_lr: float) -> dict[str, list[str]]:
+    recipes = {n: list(RECIPES[n]) for n in names}
+    if "plain" in recipes:
+        recipes["plain"].append(f"prune.finetune_lr={plain_lr}")
+    for text in custom:
+        name, _, overrides = text.partition("=")
+        recipes[name] = [o for o in overrides.split(",") if o]
+    return recipes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.toml")
+    ap.add_argument("--ratio", type=float, default=0.6)
+    ap.add_argument("--methods", nargs="*", default=["ours_c4", "ours_c2", "naive_l1", "random"])
+    ap.add_argument("--recipes", nargs="*", default=["plain", "tuned", "distill", "distill_iter"], choices=list(RECIPES))
+    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=OVERRIDES", help="an extra recipe")
+    ap.add_argument("--plain-lr", type=float, default=0.05, help="the plain recipe's lr (the seed's demo value)")
+    ap.add_argument("--epochs", nargs="*", type=int, default=[1, 3])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args()
+    console = Console()
+    cfg = load_config(args.config)
+    bench = Bench(cfg)
+    spec = bench.baseline.input_spec
+    train_set, val_set = bench.sets
+    base = bench.test_metrics(bench.baseline.model)
+    base_macs, _ = macs_and_params(bench.baseline.model, spec.height, spec.width)
+    console.print(f"baseline test AP {base['ap']:.4f}, Dice {base['dice']:.4f}; r{args.ratio * 100:.0f} on {cfg.data.root}")
+    recipes = parse_recipes(args.recipes, args.recipe, args.plain_lr)
+    rows: dict[tuple, dict] = {}
+    for seed in range(args.seeds):
+        for rname, overrides in recipes.items():
+            rcfg = load_config(args.config, [*overrides, f"prune.seed={seed}", f"train.seed={seed}"])
+            batches = calibration_batches(train_set, rcfg.prune.calibration_batches, rcfg.train.batch_size, seed)
+            teacher = bench.teacher if rcfg.prune.distill else None
+            for epochs in args.epochs:
+                for mname in args.methods:
+                    t0 = time.perf_counter()
+                    out = prune_and_recover(bench.baseline.model, get_method(mname), args.ratio, rcfg, train_set,
+                                            val_set, batches, epochs, teacher)
+                    m = bench.test_metrics(out.model)
+                    row = rows.setdefault((rname, epochs, mname), {"ap": [], "dice": [], "val_ap": [], "seconds": []})
+                    row["macs"] = macs_and_params(out.model, spec.height, spec.width)[0]
+                    for key, value in (("ap", m["ap"]), ("dice", m["dice"]), ("val_ap", out.val_ap),
+                                       ("seconds", time.perf_counter() - t0)):
+                        row[key].append(value)
+                    console.print(f"seed {seed} {rname} {epochs} ep {mname}: test AP {m['ap']:.4f} Dice {m['dice']:.4f} "
+                                  f"(val AP {out.val_ap_pruned:.3f} -> {out.val_ap:.3f}, {row['seconds'][-1]:.0f} s)")
+
+    table = Table("recipe", "epochs", "method", "test AP", "Dice", "seconds",
+                  title=f"recovery at r{args.ratio * 100:.0f} (mean ± sd over {args.seeds} seeds); "
+                        f"baseline AP {base['ap']:.4f}, Dice {base['dice']:.4f}")
+    records = []
+    for (rname, epochs, mname), row in rows.items():
+        table.add_row(rname, str(epochs), mname, fmt(row["ap"]), fmt(row["dice"]), f"{mean_sd(row['seconds'])[0]:.0f}")
+        records.append({"recipe": rname, "overrides": recipes[rname], "finetune_epochs": epochs, "method": mname,
+                        "mac_reduction": 1 - row["macs"] / base_macs, "seeds": args.seeds,
+                        "test_ap_mean": mean_sd(row["ap"])[0], "test_ap_sd": mean_sd(row["ap"])[1],
+                        "dice_mean": mean_sd(row["dice"])[0], "dice_sd": mean_sd(row["dice"])[1],
+                        "seconds_mean": mean_sd(row["seconds"])[0], **{k: row[k] for k in ("ap", "dice", "val_ap", "seconds")}})
+    console.print(table)
+    out_path = Path(args.output or cfg.run_dir / "recovery_benchmark.json")
+    write_json({"config": args.config, "data": cfg.data.root, "ratio": args.ratio, "baseline_test_ap": base["ap"],
+                "baseline_dice": base["dice"], "rows": records}, out_path)
+    console.print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
