@@ -23,7 +23,7 @@ from segdec_prune.config import load_config
 from segdec_prune.profiling import macs_and_params
 from segdec_prune.pruning.methods import get_method
 from segdec_prune.pruning.prune import prune_model
-from segdec_prune.pruning.workflow import calibration_batches, prune_and_recover
+from segdec_prune.pruning.workflow import RecoveryData, calibration_batches, prune_and_recover
 
 
 def main() -> None:
@@ -63,8 +63,8 @@ def main() -> None:
                 row["macs"], _ = macs_and_params(pruned, spec.height, spec.width)
                 row["before"].append(bench.test_metrics(pruned)["ap"])
                 if epochs > 0:
-                    out = prune_and_recover(baseline.model, method, ratio, scfg, train_set, val_set, batches, epochs,
-                                            teacher)
+                    data = RecoveryData(train_set, val_set, batches, teacher)
+                    out = prune_and_recover(baseline.model, method, ratio, scfg, data, epochs)
                     m = bench.test_metrics(out.model)
                     row["after"].append(m["ap"])
                     row["dice"].append(m["dice"])

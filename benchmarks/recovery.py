@@ -30,7 +30,7 @@ from segdec_prune.artifacts import write_json
 from segdec_prune.config import load_config
 from segdec_prune.profiling import macs_and_params
 from segdec_prune.pruning.methods import get_method
-from segdec_prune.pruning.workflow import calibration_batches, prune_and_recover
+from segdec_prune.pruning.workflow import RecoveryData, calibration_batches, prune_and_recover
 
 RECIPES: dict[str, list[str]] = {
     "plain": ["prune.distill=false", "prune.steps=1", "prune.finetune_momentum=0.0",
@@ -81,8 +81,8 @@ def main() -> None:
             for epochs in args.epochs:
                 for mname in args.methods:
                     t0 = time.perf_counter()
-                    out = prune_and_recover(bench.baseline.model, get_method(mname), args.ratio, rcfg, train_set,
-                                            val_set, batches, epochs, teacher)
+                    data = RecoveryData(train_set, val_set, batches, teacher)
+                    out = prune_and_recover(bench.baseline.model, get_method(mname), args.ratio, rcfg, data, epochs)
                     m = bench.test_metrics(out.model)
                     row = rows.setdefault((rname, epochs, mname), {"ap": [], "dice": [], "val_ap": [], "seconds": []})
                     row["macs"] = macs_and_params(out.model, spec.height, spec.width)[0]

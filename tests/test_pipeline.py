@@ -6,7 +6,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from segdec_prune.artifacts import write_json
+from segdec_prune.artifacts import sha256, write_json
+from segdec_prune.checkpoint import load_checkpoint
 from segdec_prune.cli import app
 from segdec_prune.pipeline import Manifest, execute
 from segdec_prune.results import validate_results
@@ -54,6 +55,12 @@ def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())["steps"]
     assert manifest["train"]["status"] == "done" and manifest["train"]["versions"]["torch"]
     assert not list(run.rglob(".*.tmp"))
+    teacher = list((run / "teacher").glob("outputs_*.pt"))  # one teacher pass, shared by both models
+    digest = sha256(run / "models" / "baseline_best.pth")
+    assert [p.name for p in teacher] == [f"outputs_{digest[:16]}.pt"]
+    meta = load_checkpoint(run / "models" / "ours_c2_r50.pth").metadata
+    assert meta["teacher_sha256"] == digest and meta["prune_config"]["distill"] is True
+    assert meta["rounds"][0]["iterations"] > 0 and meta["finetune_config"]["momentum"] == 0.9
     again = runner.invoke(app, ["run", "--config", str(cfg)])
     assert again.exit_code == 0, again.output
     assert ": done in" not in again.output  # every step was up to date

@@ -14,7 +14,7 @@ from segdec_prune.model import Widths
 from segdec_prune.pruning.distill import Distillation, binary_kl, cache_path, teacher_outputs
 from segdec_prune.pruning.methods import get_method
 from segdec_prune.pruning.prune import prune_model, round_widths, target_widths
-from segdec_prune.pruning.workflow import calibration_batches, finetune_config, prune_and_recover
+from segdec_prune.pruning.workflow import RecoveryData, calibration_batches, finetune_config, prune_and_recover
 from segdec_prune.training import train
 
 from .conftest import SIZE, SMALL
@@ -107,7 +107,7 @@ def test_iterative_pruning_ends_at_the_one_shot_widths(method, trained, batches,
     cfg = _cfg(tiny_config, round_to=8, steps=3, distill=False)
     sets = train_val_datasets(cfg.data, preprocessing_for(cfg.data, cfg.train))
     one_shot, _ = prune_model(trained, get_method(method), 0.6, batches, SIZE, round_to=8)
-    out = prune_and_recover(trained, get_method(method), 0.6, cfg, *sets, batches, finetune_epochs=1)
+    out = prune_and_recover(trained, get_method(method), 0.6, cfg, RecoveryData(*sets, batches), finetune_epochs=1)
     assert out.model.widths == one_shot.widths
     assert [r["widths"] for r in out.rounds] == [w.to_dict() for w in round_widths(SMALL, one_shot.widths, 3)]
     per_epoch = -(-2 * int(sets[0].labels.sum()) // cfg.train.batch_size)

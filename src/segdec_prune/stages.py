@@ -78,7 +78,7 @@ class RunState:
 
     def prune(self, method: Method, ratio: float, finetune_epochs: int) -> PruneOutcome:
         """Prune (naive_fn: after optional sparsity training, done once), fine-tune, save."""
-        from .pruning.workflow import prune_one, sparsity_trained
+        from .pruning.workflow import RecoveryData, prune_one, sparsity_trained
 
         source = None
         if method.sparsity and self.cfg.prune.fn_sparsity_epochs > 0:
@@ -86,8 +86,8 @@ class RunState:
                 self._sparse = sparsity_trained(self.baseline, self.cfg, *self.sets, progress=self.progress)
             source = self._sparse
         teacher = self.teacher if self.cfg.prune.distill and finetune_epochs > 0 else None
-        return prune_one(self.baseline, method, ratio, self.cfg, *self.sets, self.batches, finetune_epochs,
-                         progress=self.progress, source=source, teacher=teacher)
+        data = RecoveryData(*self.sets, self.batches, teacher)
+        return prune_one(self.baseline, method, ratio, self.cfg, data, finetune_epochs, self.progress, source)
 
 
 def plan(cfg: Config, state: RunState) -> list[Step]:

@@ -75,6 +75,17 @@ def sparsity_penalty(lam: float):
 
 
 @dataclass
+class RecoveryData:
+    """What pruning and recovery read besides the model: the training split (with its
+    validation hold-out), the calibration batches for scoring, the teacher's cached outputs."""
+
+    train_set: KSDD2Dataset
+    val_set: KSDD2Dataset
+    batches: Sequence[Batch]
+    teacher: TeacherOutputs | None = None
+
+
+@dataclass
 class Recovered:
     """A pruned, fine-tuned model and what each round of pruning did."""
 
@@ -84,34 +95,23 @@ class Recovered:
     rounds: list[dict]
 
 
-def prune_and_recover(
-    source: SegDecNet,
-    method: Method,
-    ratio: float,
-    cfg: Config,
-    train_set: KSDD2Dataset,
-    val_set: KSDD2Dataset,
-    batches: Sequence[Batch],
-    finetune_epochs: int,
-    teacher: TeacherOutputs | None = None,
-    progress: Progress | None = None,
-    description: str = "fine-tune",
-) -> Recovered:
+def prune_and_recover(source: SegDecNet, method: Method, ratio: float, cfg: Config, data: RecoveryData,
+                      finetune_epochs: int, progress: Progress | None = None, description: str = "fine-tune") -> Recovered:
     """Prune `source` to `ratio` in `prune.steps` rounds (scores recomputed on the current model
     each round), fine-tuning after each round; the rounds share `finetune_epochs` epochs of
     batches equally, so one-shot and iterative get the same total fine-tuning."""
-    p = cfg.prune
+    p, train_set, val_set = cfg.prune, data.train_set, data.val_set
     size = (cfg.data.input_height, cfg.data.input_width)
     target = target_widths(source.widths, ratio, p.include_extractor, p.round_to if method.aligned else None)
     plan = round_widths(source.widths, target, p.steps)
     ft_cfg = finetune_config(cfg, finetune_epochs)
     total = finetune_epochs * batches_per_epoch(train_set, ft_cfg.batch_size)
-    extra = distillation(cfg, teacher, train_set) if total else None
+    extra = distillation(cfg, data.teacher, train_set) if total else None
     device = resolve_device(cfg.train.device)
     options = {"lam": p.c3_lambda, "delta": cfg.train.delta}
     model, rounds = source, []
     for i, widths in enumerate(plan):
-        model, removed = prune_to_widths(model, method, widths, batches, size, p.include_extractor, options, p.seed + i)
+        model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options, p.seed + i)
         record = {"widths": widths.to_dict(), "removed_channels": removed,
                   "val_ap_pruned": validate(model, val_set, device)[0]}
         iterations = total * (i + 1) // len(plan) - total * i // len(plan)
@@ -128,24 +128,13 @@ def prune_and_recover(
     return Recovered(model, rounds[0]["val_ap_pruned"], rounds[-1]["val_ap"], rounds)
 
 
-def prune_one(
-    baseline: Checkpoint,
-    method: Method,
-    ratio: float,
-    cfg: Config,
-    train_set: KSDD2Dataset,
-    val_set: KSDD2Dataset,
-    batches: Sequence[Batch],
-    finetune_epochs: int,
-    progress: Progress | None = None,
-    source: SegDecNet | None = None,
-    teacher: TeacherOutputs | None = None,
-) -> PruneOutcome:
+def prune_one(baseline: Checkpoint, method: Method, ratio: float, cfg: Config, data: RecoveryData,
+              finetune_epochs: int, progress: Progress | None = None, source: SegDecNet | None = None) -> PruneOutcome:
     """Prune `source` (default: the baseline's model), fine-tune, save models/{name}.pth."""
     start = time.perf_counter()
     name = model_name(method.name, ratio)
-    out = prune_and_recover(source or baseline.model, method, ratio, cfg, train_set, val_set, batches,
-                            finetune_epochs, teacher, progress, f"fine-tune {name}")
+    out = prune_and_recover(source or baseline.model, method, ratio, cfg, data, finetune_epochs, progress,
+                            f"fine-tune {name}")
     pruned = out.model
     base_params = count_parameters(baseline.model)
     meta = {
@@ -154,7 +143,7 @@ def prune_one(
         "param_reduction": 1 - count_parameters(pruned) / base_params,
         "val_ap_pruned": out.val_ap_pruned, "val_ap": out.val_ap,
         "removed_channels": out.rounds[0]["removed_channels"] if len(out.rounds) == 1 else None,
-        "rounds": out.rounds, "teacher_sha256": teacher.baseline_sha256 if teacher and cfg.prune.distill else None,
+        "rounds": out.rounds, "teacher_sha256": data.teacher.baseline_sha256 if data.teacher and cfg.prune.distill else None,
         "finetune_config": dataclasses.asdict(finetune_config(cfg, finetune_epochs)) if finetune_epochs else None,
         "prune_config": dataclasses.asdict(cfg.prune), "config": cfg.to_dict(),
     }
