@@ -131,7 +131,7 @@ def test_distillation_moves_a_pruned_model_toward_the_teacher(trained, tiny_synt
 
     before = gap()
     ft = dataclasses.replace(finetune_config(cfg, 3), device="cpu")
-    train(student, train_set, val_set, ft, None, InputSpec(), extra_loss=loss, show_progress=False)
+    train(student, train_set, val_set, ft, None, None, extra_loss=loss, show_progress=False)
     assert gap() < 0.7 * before
 
 
@@ -142,7 +142,7 @@ def test_train_stops_after_the_given_iterations_and_uses_the_recipe(tiny_config)
     from segdec_prune.model import SegDecNet
 
     sets = train_val_datasets(cfg.data, preprocessing_for(cfg.data, cfg.train))
-    result = train(SegDecNet(widths=SMALL), *sets, ft, None, InputSpec(), show_progress=False, iterations=3)
+    result = train(SegDecNet(widths=SMALL), *sets, ft, None, None, show_progress=False, iterations=3)
     assert len(result.history) == 1 and result.history[0].val_ap is not None  # partial epoch validates
 
 

@@ -120,7 +120,7 @@ def train(
     val_set: KSDD2Dataset,
     cfg: TrainConfig,
     save_path: str | Path | None,
-    input_spec: InputSpec,
+    input_spec: InputSpec | None,
     metadata: dict | None = None,
     extra_loss: ExtraLoss | None = None,
     show_progress: bool = True,
@@ -195,6 +195,7 @@ def train(
     assert best_state is not None  # the last epoch always validates
     model.load_state_dict(best_state)
     if save_path is not None:
+        assert input_spec is not None, "saving a checkpoint needs the model's input spec"
         meta = {**(metadata or {}), "training": result.to_dict(), "train_config": asdict(cfg)}
         save_checkpoint(save_path, model.cpu(), input_spec, meta)
         model.to(device)

@@ -14,7 +14,7 @@ import torch
 from rich.progress import Progress
 
 from ..calibration import select
-from ..checkpoint import Checkpoint, InputSpec, save_checkpoint
+from ..checkpoint import Checkpoint, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
 from ..model import SegDecNet, count_parameters
@@ -118,7 +118,7 @@ def prune_and_recover(source: SegDecNet, method: Method, ratio: float, cfg: Conf
         if iterations:
             round_cfg = dataclasses.replace(ft_cfg, seed=ft_cfg.seed + i)
             step = f" {i + 1}/{len(plan)}" if len(plan) > 1 else ""
-            result = train(model, train_set, val_set, round_cfg, None, InputSpec(), extra_loss=extra,
+            result = train(model, train_set, val_set, round_cfg, None, None, extra_loss=extra,
                            progress=progress, description=description + step, iterations=iterations)
             record.update(val_ap=result.best_val_ap, iterations=iterations, training=result.to_dict())
         else:
