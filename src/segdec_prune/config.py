@@ -18,7 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .model import decision_map_size
-from .pruning.methods import known_methods, unknown_methods
+from .pruning.methods import METHODS
 
 
 class ConfigError(ValueError):
@@ -117,8 +117,8 @@ class PruneConfig:
     distill_seg_weight: float = 1.0  # weight of the per-pixel segmentation distillation term
 
     def validate(self) -> None:
-        unknown = unknown_methods(self.methods)
-        _require("prune.methods", not unknown, f"unknown {unknown}; known: {', '.join(known_methods())}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        _require("prune.methods", not unknown, f"unknown {unknown}; known: {', '.join(METHODS)}")
         bad = [r for r in self.ratios if not isinstance(r, (int, float)) or not 0 < r < 1]
         _require("prune.ratios", not bad and bool(self.ratios), f"each ratio must be in (0, 1), got {self.ratios}")
         _require("prune.finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}")

@@ -203,5 +203,5 @@ def train(
 
 
 def batches_per_epoch(train_set: KSDD2Dataset, batch_size: int) -> int:
-    """Batches in one balanced epoch (every positive plus as many negatives)."""
-    return -(-2 * int(train_set.labels.sum()) // batch_size)
+    """Batches in one balanced epoch (what `EpochSampler` draws), as `train`'s loader yields them."""
+    return -(-len(EpochSampler(train_set.labels, False, 0)) // batch_size)

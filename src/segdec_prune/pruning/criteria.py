@@ -16,9 +16,8 @@ import torch_pruning as tp
 from torch import nn
 
 from ..model import SegDecNet
-from ..training import batch_losses
+from ..training import Batch, batch_losses
 
-Batch = dict[str, torch.Tensor]
 CRITERIA: dict[str, type["Criterion"]] = {}
 
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from ..artifacts import save_torch, sha256
 from ..data.dataset import KSDD2Dataset
 from ..model import SegDecNet
+from ..training import Batch
 
-Batch = dict[str, torch.Tensor]
 CACHE_FORMAT = "segdec-prune/teacher-outputs"
 
 
@@ -69,7 +69,8 @@ def teacher_outputs(run_dir: Path, baseline_file: Path, teacher: SegDecNet, data
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # a damaged cache is rebuilt, never trusted
             raw = {}
-        if isinstance(raw, dict) and raw.get("format") == CACHE_FORMAT and raw.get("baseline_sha256") == digest and raw.get("ids") == ids:
+        expected = {"format": CACHE_FORMAT, "baseline_sha256": digest, "ids": ids}
+        if isinstance(raw, dict) and all(raw.get(k) == v for k, v in expected.items()):
             return TeacherOutputs(digest, ids, raw["decision"], raw["segmentation"])
     out = compute_teacher_outputs(teacher, dataset, digest, device)
     save_torch({"format": CACHE_FORMAT, "baseline_sha256": digest, "ids": ids,

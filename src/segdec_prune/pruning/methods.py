@@ -1,13 +1,12 @@
 """The method table: the names users know -> a criterion plus its options.
 
-A leaf module (no torch, no criteria import): the config validates method names here without
+A leaf module (no torch, no criteria import): the config validates method names against it without
 pulling in the criteria and the training loop. `criteria.py` checks that every criterion named
 here is registered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -36,15 +35,6 @@ METHODS: dict[str, Method] = {
         Method("random", "random", "control: random channels, naive_l1's widths"),
     )
 }
-
-
-def known_methods() -> list[str]:
-    return list(METHODS)
-
-
-def unknown_methods(names: Iterable[str]) -> list[str]:
-    """The names in `names` that are not methods (config validation)."""
-    return [n for n in names if n not in METHODS]
 
 
 def get_method(name: str) -> Method:
