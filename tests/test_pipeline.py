@@ -20,12 +20,13 @@ RECORD_KEYS = {"model", "method", "ratio", "runtime", "dtype", "artifact", "devi
                "latency_ms_p90", "throughput_ips", "speedup_vs_baseline"}
 
 
-def _config(tiny_synth, tmp_path):
+def _config(tiny_synth, tmp_path, budgets: str = ""):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(
         f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
         '[train]\nepochs = 1\nbatch_size = 2\ndevice = "cpu"\n'
         '[prune]\nmethods = ["naive_l1", "ours_c2"]\nratios = [0.5]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
+        f'{budgets}'
         '[deploy]\ncalibration_images = 8\nruns = 3\nwarmup = 1\nthroughput_batch = 2\n'
         f'[run]\nname = "p"\ndir = "{tmp_path / "runs"}"\n'
     )
@@ -33,14 +34,30 @@ def _config(tiny_synth, tmp_path):
 
 
 def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
-    cfg = _config(tiny_synth, tmp_path)
+    table = runner.invoke(app, ["latency-table", "--config", str(_config(tiny_synth, tmp_path))])  # before training:
+    assert table.exit_code == 0 and "measured in" in table.output, table.output  # default widths
+    run = tmp_path / "runs" / "p"
+    [table_file] = (run / "latency").glob("onnxruntime_fp32_t2_*.json")
+    target = round(0.6 * json.loads(table_file.read_text())["baseline_ms"], 2)
+    budgets = f'budget_methods = ["naive_l1"]\ntarget_macs = [0.3]\ntarget_latency_ms = [{target}]\n'
+    cfg = _config(tiny_synth, tmp_path, budgets)
     r = runner.invoke(app, ["run", "--config", str(cfg)])
     assert r.exit_code == 0, r.output
-    run = tmp_path / "runs" / "p"
+    assert "latency-table:onnxruntime-fp32: done" in r.output and "reused" in r.output
     res = json.loads((run / "real_evaluation_results.json").read_text())
-    assert res["schema_version"] == 1 and res["libraries"]["torch"]
+    assert res["schema_version"] == 2 and res["libraries"]["torch"]
     models = {x["model"] for x in res["records"]}
-    assert models == {"baseline_best", "naive_l1_r50", "ours_c2_r50"}
+    budget_name = f"naive_l1_t{target:g}ms".replace(".", "p")
+    assert models == {"baseline_best", "naive_l1_r50", "ours_c2_r50", "naive_l1_m30", budget_name}
+    by = {(x["model"], x["runtime"], x["dtype"]): x for x in res["records"]}
+    assert by["naive_l1_m30", "torch", "fp32"]["budget"]["kind"] == "macs"
+    assert 0.25 <= 1 - by["naive_l1_m30", "torch", "fp32"]["mac_reduction"] <= 0.305
+    for name in models:  # the table's prediction beside every ONNX Runtime FP32 measurement
+        rec = by[name, "onnxruntime", "fp32"]
+        assert rec["predicted_latency_ms"] > 0 and rec["latency_prediction_error"] is not None
+        assert by[name, "onnxruntime", "int8"]["predicted_latency_ms"] is None  # no INT8 table was measured
+    meta = load_checkpoint(run / "models" / f"{budget_name}.pth").metadata
+    assert meta["ratio"] is None and meta["plan"]["budget"]["value"] == target and meta["plan"]["measured_plan_ms"] > 0
     assert {(x["runtime"], x["dtype"]) for x in res["records"]} == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
     validate_results(res)
     for rec in res["records"]:

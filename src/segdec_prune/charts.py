@@ -47,10 +47,10 @@ def master(records: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(2, 2, figsize=(14, 10))
     a = ax[0, 0]
     for m in methods[1:]:
-        rows = sorted((r for r in torch_rows if r["method"] == m), key=lambda r: r["ratio"])
+        rows = sorted((r for r in torch_rows if r["method"] == m), key=lambda r: -r["macs"])
         a.plot([r["macs"] / 1e9 for r in rows], [r["ap"] for r in rows], "-o", color=color[m], label=m)
         for r in rows:
-            a.annotate(f"r{round(r['ratio'] * 100)}", (r["macs"] / 1e9, r["ap"]), fontsize=7, xytext=(3, 3),
+            a.annotate(r["model"][len(m) + 1:], (r["macs"] / 1e9, r["ap"]), fontsize=7, xytext=(3, 3),
                        textcoords="offset points")
     a.plot(base["macs"] / 1e9, base["ap"], "*", ms=16, color="black", label="baseline")
     a.set(xlabel="GMACs per image (run's input size)", ylabel="test AP", title="Accuracy vs compute (PyTorch)")

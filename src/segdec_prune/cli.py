@@ -132,44 +132,111 @@ def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
 def prune(
     config: ConfigOpt,
     method: Annotated[Optional[str], typer.Option("--method", help="naive_l1, naive_fn, ours_c1..c4, random.")] = None,
-    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Share of channels to remove, in (0, 1).")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Sweep prune.methods x prune.ratios.")] = False,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Share of every layer's channels to remove, in (0, 1).")] = None,
+    target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Share of the baseline's MACs to keep, "
+                           "in (0, 1); channels allocated globally. Model {method}_m{percent}.")] = None,
+    target_latency_ms: Annotated[Optional[float], typer.Option("--target-latency-ms", help="Batch-1 ms on --runtime "
+                                 "(from the run's latency table). Model {method}_t{ms}ms.")] = None,
+    runtime: Annotated[str, typer.Option(help="Latency target's runtime: onnxruntime or tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="Latency target's precision: fp32, int8 (onnxruntime); fp16, int8 (tensorrt).")] = "fp32",
+    all_: Annotated[bool, typer.Option("--all", help="The config's sweep: prune.methods x ratios, budget_methods x targets.")] = False,
     finetune_epochs: Annotated[Optional[int], typer.Option(min=0, help="Default: prune.finetune_epochs; 0 = pruned only.")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Baseline (default RUN/models/baseline_best.pth).")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Prune the baseline, fine-tune, and save RUN/models/{method}_r{percent}.pth."""
+    """Prune the baseline to a ratio or a budget, fine-tune, save RUN/models/{name}.pth."""
+    from .pruning.allocate import Budget
     from .pruning.methods import get_method
-    from .stages import RunState
+    from .stages import RunState, sweep
     from .training import new_progress
 
     try:
         cfg = load_config(config, set_)
-        if all_ == (method is not None):
-            raise ConfigError("give either --method (with --ratio) or --all")
+        targets = [t for t in (ratio, target_macs, target_latency_ms) if t is not None]
+        if all_ == (method is not None) or (method is not None and len(targets) != 1):
+            raise ConfigError("give --all, or --method with one of --ratio, --target-macs, --target-latency-ms")
         if all_:
-            jobs = [(get_method(m), r) for m in cfg.prune.methods for r in cfg.prune.ratios]
-        else:
-            if ratio is None or not 0 < ratio < 1:
+            jobs = [(get_method(m), t) for m, t in sweep(cfg)]
+        elif ratio is not None:
+            if not 0 < ratio < 1:
                 raise ConfigError(f"--ratio must be in (0, 1), got {ratio}")
             jobs = [(get_method(method), ratio)]
+        else:
+            budget = Budget("macs", target_macs) if target_macs is not None else \
+                Budget("latency", target_latency_ms, runtime, precision)
+            jobs = [(get_method(method), budget)]
         state = RunState(cfg, baseline_file=model)
         state.baseline  # noqa: B018 - fail early, before loading data
+        tables = {(t.runtime, t.precision) for _, t in jobs if isinstance(t, Budget) and t.kind == "latency"}
+        for rt_prec in tables:
+            state.latency_key(*rt_prec)  # an unknown or missing runtime fails here, not after minutes
         with _counter("loading train split") as bar:
             bar.add_task("", total=None)
             state.sets  # noqa: B018
+        for rt_prec in tables:
+            with _counter(f"latency table {' '.join(rt_prec)} (cached per machine)") as bar:
+                task = bar.add_task("", total=None)
+                state.latency_table(*rt_prec, lambda _what: bar.advance(task))
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
     epochs = cfg.prune.finetune_epochs if finetune_epochs is None else finetune_epochs
-    table = Table("model", "widths (volume)", "val AP pruned", "val AP fine-tuned", "seconds", title="pruned models")
+    table = Table("model", "widths (volume)", "MACs kept", "val AP pruned", "val AP fine-tuned", "seconds", title="pruned models")
     with new_progress() as bar:
         state.progress = bar
         overall = bar.add_task("models", total=len(jobs), info="")
-        for m, r in jobs:
-            out = state.prune(m, r, epochs)
+        for m, t in jobs:
+            try:
+                out = state.prune(m, t, epochs, on_plan=lambda plan: bar.console.print(_plan_line(plan)))
+            except (*USER_ERRORS, ValueError) as exc:
+                bar.stop()
+                _fail(exc)
             bar.update(overall, advance=1, info=f"{out.name}: val AP {out.val_ap_pruned:.3f} -> {out.val_ap:.3f}")
-            table.add_row(out.name, str(out.widths["volume"]), f"{out.val_ap_pruned:.4f}", f"{out.val_ap:.4f}", f"{out.seconds:.0f}")
+            table.add_row(out.name, str(out.widths["volume"]), f"{out.plan['mac_fraction']:.1%}", f"{out.val_ap_pruned:.4f}",
+                          f"{out.val_ap:.4f}", f"{out.seconds:.0f}")
     console.print(table)
+
+
+def _plan_line(plan: dict) -> str:
+    """What a plan promises, said before fine-tuning starts."""
+    ms = plan["predicted_latency_ms"]
+    where = plan["latency_table"] or {}
+    latency = f", predicted {ms:.2f} ms on {where['runtime']} {where['precision']}" if ms is not None else ""
+    if plan["measured_plan_ms"] is not None:
+        latency += f", measured {plan['measured_plan_ms']:.2f} ms (random weights, {len(plan['plan_checks'])} checks)"
+    return f"plan: widths {plan['widths']['volume']}, {plan['mac_fraction']:.1%} of the baseline's MACs{latency}"
+
+
+@app.command("latency-table")
+def latency_table(
+    config: ConfigOpt,
+    runtime: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="onnxruntime: fp32, int8; tensorrt: fp16, int8.")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads (default deploy.threads).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time each prunable block at candidate widths on RUNTIME; cached in RUN/latency/ per machine."""
+    from .stages import RunState
+
+    try:
+        cfg = load_config(config, [*(set_ or []), *([f"deploy.threads={threads}"] if threads else [])])
+        state = RunState(cfg)
+        state.latency_key(runtime, precision)  # a bad runtime or precision fails before any work
+        with _counter(f"latency table {runtime} {precision}") as bar:
+            task = bar.add_task("", total=None)
+            tab, reused = state.latency_table(runtime, precision, lambda what: bar.update(task, advance=1, description=what))
+    except (*USER_ERRORS, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    rows = Table("block", "cin x cout (baseline)", "ms", "ms at the narrowest grid widths", title=f"{runtime} {precision}, "
+                 f"{cfg.deploy.threads} threads, {tab.key['device']}", box=box.SIMPLE_HEAD)
+    for b in tab.blocks:
+        rows.add_row(b.name, f"{b.cin[-1]} x {b.cout[-1]}", f"{b.ms[-1][-1]:.3f}", f"{b.ms[0][0]:.3f}")
+    console.print(rows)
+    console.print(f"whole baseline measured {tab.baseline_ms:.2f} ms = blocks + rest {tab.rest_ms:.2f} ms; "
+                  f"channel step {tab.step} (widths between steps cost the next step's time)")
+    if cfg.prune.align % tab.step:
+        console.print(f"[yellow]note:[/] prune.align = {cfg.prune.align} is not a multiple of this runtime's channel "
+                      f"step {tab.step}: budget models will pay for padding")
+    console.print(f"{'reused' if reused else f'measured in {tab.seconds:.0f} s,'} {tab.path}")
 
 
 @app.command()
@@ -381,7 +448,7 @@ def charts(config: ConfigOpt, set_: SetOpt = None) -> None:
 def run(
     config: ConfigOpt,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun a stage (train, prune, profile, export, "
-                     "calibrate, build-onnxruntime-int8, build-tensorrt-fp16, build-tensorrt-int8, evaluate, charts) "
+                     "latency-table, calibrate, build-onnxruntime-int8, build-tensorrt-fp16, build-tensorrt-int8, evaluate, charts) "
                      "or one step (e.g. prune:ours_c3_r40). Repeatable.")] = None,
     set_: SetOpt = None,
 ) -> None:

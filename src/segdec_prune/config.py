@@ -19,6 +19,7 @@ else:  # pragma: no cover
 
 from .model import decision_map_size
 from .pruning.methods import METHODS
+from .runtimes.base import RUNTIMES
 
 
 class ConfigError(ValueError):
@@ -115,10 +116,34 @@ class PruneConfig:
     distill_temperature: float = 1.0
     distill_dec_weight: float = 1.0  # weight of the decision-logit distillation term
     distill_seg_weight: float = 1.0  # weight of the per-pixel segmentation distillation term
+    # Budget targets (README "Budgets"): global allocation instead of one ratio for every layer.
+    budget_methods: list = field(default_factory=list)  # methods that also get the targets below
+    target_macs: list = field(default_factory=list)  # shares of the baseline's MACs to keep, in (0, 1)
+    target_latency_ms: list = field(default_factory=list)  # batch-1 ms on budget_runtime/precision
+    budget_runtime: str = "onnxruntime"
+    budget_precision: str = "fp32"
+    align: int = 16  # budget models' widths are multiples of this (the latency table's channel step)
+    min_width: int = 8  # no layer of a budget model gets narrower (rounded up to align)
+    min_keep: float = 0.0  # nor below this share of its own channels
 
     def validate(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        _require("prune.methods", not unknown, f"unknown {unknown}; known: {', '.join(METHODS)}")
+        for key in ("methods", "budget_methods"):
+            unknown = [m for m in getattr(self, key) if m not in METHODS]
+            _require(f"prune.{key}", not unknown, f"unknown {unknown}; known: {', '.join(METHODS)}")
+        bad = [f for f in self.target_macs if not isinstance(f, (int, float)) or not 0 < f < 1]
+        _require("prune.target_macs", not bad, f"each share of MACs kept must be in (0, 1), got {self.target_macs}")
+        bad = [t for t in self.target_latency_ms if not isinstance(t, (int, float)) or not t > 0]
+        _require("prune.target_latency_ms", not bad, f"each target must be > 0 ms, got {self.target_latency_ms}")
+        _require("prune.budget_runtime", self.budget_runtime in RUNTIMES,
+                 f"must be one of {', '.join(RUNTIMES)}, got {self.budget_runtime!r}")
+        _require("prune.budget_precision", self.budget_precision in RUNTIMES.get(self.budget_runtime, ()),
+                 f"{self.budget_runtime} runs {', '.join(RUNTIMES.get(self.budget_runtime, ()))}, not {self.budget_precision!r}")
+        targets = bool(self.target_macs or self.target_latency_ms)
+        _require("prune.budget_methods", bool(self.budget_methods) or not targets,
+                 "is empty, so prune.target_macs / target_latency_ms apply to no method")
+        _require("prune.align", self.align >= 1, f"must be >= 1, got {self.align}")
+        _require("prune.min_width", self.min_width >= 1, f"must be >= 1, got {self.min_width}")
+        _require("prune.min_keep", 0 <= self.min_keep < 1, f"must be in [0, 1), got {self.min_keep}")
         bad = [r for r in self.ratios if not isinstance(r, (int, float)) or not 0 < r < 1]
         _require("prune.ratios", not bad and bool(self.ratios), f"each ratio must be in (0, 1), got {self.ratios}")
         _require("prune.finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}")

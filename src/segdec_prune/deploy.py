@@ -18,8 +18,7 @@ import onnx
 
 from .checkpoint import Checkpoint, InputSpec, load_checkpoint
 from .export import export_and_verify
-
-RUNTIMES = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+from .runtimes.base import RUNTIMES
 
 
 def model_paths(run_dir: Path) -> list[Path]:

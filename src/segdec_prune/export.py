@@ -43,13 +43,19 @@ class ExportReport:
 
 def export_onnx(model: SegDecNet, height: int, width: int) -> onnx.ModelProto:
     """Export to an in-memory ONNX model (no file written yet)."""
-    model = model.cpu().eval()
-    example = (torch.rand(2, model.in_channels, height, width),)  # batch 2: size-1 dims get specialised
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    example = torch.rand(2, model.in_channels, height, width)  # batch 2: size-1 dims get specialised
+    return export_module(model, example, OUTPUTS, dynamic_batch=True)
+
+
+def export_module(module: torch.nn.Module, example: torch.Tensor, outputs: tuple[str, ...] = ("features",),
+                  dynamic_batch: bool = False) -> onnx.ModelProto:
+    """Any single-input module through the same exporter (the latency table exports blocks)."""
+    module = module.cpu().eval()
+    shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
-            model, example, dynamo=True, opset_version=OPSET, input_names=[INPUT], output_names=list(OUTPUTS),
-            dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+            module, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT], output_names=list(outputs),
+            dynamic_shapes=shapes, external_data=False, verbose=False,
         )
     proto = program.model_proto
     onnx.checker.check_model(proto, full_check=True)

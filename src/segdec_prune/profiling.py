@@ -41,6 +41,7 @@ def profile_run(run_dir: str | Path) -> dict:
         records[path.stem] = {
             "method": ckpt.metadata.get("method", "baseline"),
             "ratio": ckpt.metadata.get("ratio", 0.0),
+            "budget": (ckpt.metadata.get("plan") or {}).get("budget"),
             "widths": ckpt.model.widths.to_dict(),
             "parameters": params,
             "macs": macs,

@@ -24,7 +24,7 @@ from .deploy import engine_path, model_paths, onnx_path, open_runtime
 from .evaluation import evaluate_predictions, interleaved_latency, predict
 from .profiling import profile_run
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: budget, predicted_latency_ms, latency_prediction_error
 RESULTS_FILE = "real_evaluation_results.json"
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "real_evaluation_results.schema.json"
 
@@ -92,13 +92,14 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
                 "runtime": runtime, "dtype": precision, "artifact": str(path), "artifact_bytes": path.stat().st_size,
                 "device": getattr(rt, "device", "cpu") if runtime == "tensorrt" else platform.processor() or platform.machine(),
                 "threads": dep.threads,
-                **{k: prof.get(k) for k in ("widths", "parameters", "macs", "param_reduction", "mac_reduction")},
+                **{k: prof.get(k) for k in ("widths", "parameters", "macs", "param_reduction", "mac_reduction", "budget")},
                 **metrics, **preds.throughput(), "eval_seconds": time.perf_counter() - t0,
             })
             opened.append(rt)
     _add_latency(records, opened, sample, dep.warmup, dep.runs, on_step)
     for runtime, reason in _unavailable().items():
         skipped.append({"runtime": runtime, "reason": reason})
+    _add_predicted_latency(records, cfg)
     base = {(r["runtime"], r["dtype"]): r["latency_ms_median"] for r in records if r["model"] == "baseline_best"}
     for r in records:
         ref = base.get((r["runtime"], r["dtype"]))
@@ -140,6 +141,29 @@ def _add_latency(records: list[dict], runtimes: list, sample, warmup: int, runs:
         summaries = interleaved_latency(rts, sample, warmup, runs, syncs=[getattr(rt, "sync", None) for rt in rts])
         for i, summary in zip(idx, summaries):
             records[i].update(summary)
+
+
+def _add_predicted_latency(records: list[dict], cfg: Config) -> None:
+    """What the run's latency table (when one matches the runtime, dtype, threads and machine)
+    predicted beside what was measured, so the table's error is on record for every model."""
+    from .latency_table import LatencyTableError, cached, run_key
+    from .model import Widths
+
+    base = next((r for r in records if r["model"] == "baseline_best" and r.get("widths")), None)
+    tables: dict[tuple[str, str], object] = {}
+    for r in records:
+        rt = (r["runtime"], r["dtype"])
+        if rt not in tables:
+            tables[rt] = None
+            try:
+                if base:
+                    tables[rt] = cached(cfg.run_dir, run_key(cfg, *rt, Widths.from_dict(base["widths"])))
+            except (LatencyTableError, ImportError):
+                pass  # torch, or a runtime not installed here: no table
+        table = tables[rt]
+        predicted = table.predict(Widths.from_dict(r["widths"])) if table and r.get("widths") else None
+        r["predicted_latency_ms"] = predicted
+        r["latency_prediction_error"] = r["latency_ms_median"] / predicted - 1 if predicted else None
 
 
 def _unavailable() -> dict[str, str]:

@@ -11,10 +11,10 @@ from rich.progress import Progress
 from .checkpoint import Checkpoint, InputSpec, load_checkpoint
 from .config import Config, ConfigError
 from .data.dataset import KSDD2Dataset, preprocessing_for, train_val_datasets
-from .model import SegDecNet, count_parameters
+from .model import SegDecNet, Widths, count_parameters
 from .pipeline import Step, StageUnavailable, config_sections
-from .pruning.methods import Method, get_method, model_name
-from .pruning.workflow import PruneOutcome
+from .pruning.methods import Method, get_method
+from .pruning.workflow import PruneOutcome, Target
 from .training import TrainResult, train
 
 
@@ -42,6 +42,7 @@ class RunState:
         self.progress = progress
         self.baseline_file = baseline_file or baseline_path(cfg)
         self._sparse: SegDecNet | None = None
+        self._tables: dict[tuple[str, str], object] = {}
 
     @cached_property
     def sets(self) -> tuple[KSDD2Dataset, KSDD2Dataset]:
@@ -76,8 +77,26 @@ class RunState:
         return teacher_outputs(self.cfg.run_dir, self.baseline_file, self.baseline.model, self.sets[0],
                                resolve_device(self.cfg.train.device))
 
-    def prune(self, method: Method, ratio: float, finetune_epochs: int) -> PruneOutcome:
-        """Prune (naive_fn: after optional sparsity training, done once), fine-tune, save."""
+    def latency_key(self, runtime: str, precision: str) -> dict:
+        """The latency table's key for this run and machine: the baseline's widths, or before
+        training the default ones (what `train` builds)."""
+        from .latency_table import run_key
+
+        widths = self.baseline.model.widths if self.baseline_file.is_file() else Widths()
+        return run_key(self.cfg, runtime, precision, widths)
+
+    def latency_table(self, runtime: str, precision: str, on_step=None):
+        """(table, reused): the run's latency table for this runtime on this machine (measured once)."""
+        from .latency_table import latency_table
+
+        if (runtime, precision) not in self._tables:
+            self._tables[runtime, precision] = latency_table(self.cfg.run_dir, self.latency_key(runtime, precision), on_step)
+        return self._tables[runtime, precision]
+
+    def prune(self, method: Method, target: Target, finetune_epochs: int, on_plan=None) -> PruneOutcome:
+        """Prune (naive_fn: after optional sparsity training, done once), fine-tune, save. Budget
+        targets plan against the run's latency table for the budget's runtime (measured if missing)."""
+        from .pruning.allocate import Budget
         from .pruning.workflow import RecoveryData, prune_one, sparsity_trained
 
         source = None
@@ -87,7 +106,21 @@ class RunState:
             source = self._sparse
         teacher = self.teacher if self.cfg.prune.distill and finetune_epochs > 0 else None
         data = RecoveryData(*self.sets, self.batches, teacher)
-        return prune_one(self.baseline, method, ratio, self.cfg, data, finetune_epochs, self.progress, source)
+        table = None
+        if isinstance(target, Budget):
+            table = self.latency_table(target.runtime, target.precision)[0] if target.kind == "latency" else \
+                self.cached_table(target.runtime, target.precision)
+        return prune_one(self.baseline, method, target, self.cfg, data, finetune_epochs, self.progress, source,
+                         table, on_plan)
+
+    def cached_table(self, runtime: str, precision: str):
+        """The table if it was measured already (a MAC budget reports predicted latency with it)."""
+        from .latency_table import LatencyTableError, cached
+
+        try:
+            return cached(self.cfg.run_dir, self.latency_key(runtime, precision))
+        except LatencyTableError:
+            return None
 
 
 def plan(cfg: Config, state: RunState) -> list[Step]:
@@ -101,20 +134,8 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     data = Path(cfg.data.root)
     base = baseline_path(cfg)
     steps = [Step("train", lambda: _train(state), [data], config_sections(cfg, "data", "train"), lambda: [base])]
-    names = []
-    prune_params = {k: v for k, v in dataclasses.asdict(cfg.prune).items() if k not in ("methods", "ratios")}
-    for m in cfg.prune.methods:
-        for r in cfg.prune.ratios:
-            name = model_name(m, r)
-            names.append(name)
-            method = get_method(m)
-
-            def run_prune(method=method, r=r) -> str:
-                out = state.prune(method, r, cfg.prune.finetune_epochs)
-                return f"val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}"
-
-            steps.append(Step(f"prune:{name}", run_prune, [base], {**prune_params, "train": dataclasses.asdict(cfg.train),
-                              "method": m, "ratio": r}, lambda name=name: [run / "models" / f"{name}.pth"], "prune"))
+    prune_steps, names = _prune_steps(cfg, state, base)
+    steps += prune_steps
     models = ["baseline_best", *names]
     ckpts = [run / "models" / f"{n}.pth" for n in models]
     steps.append(Step("profile", lambda: deploy_profile(run), ckpts, {}, lambda: [run / "profiling_results.json"]))
@@ -144,6 +165,67 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
                       {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None}, lambda: [results]))
     steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
     return steps
+
+
+def sweep(cfg: Config) -> list[tuple[str, Target]]:
+    """The models the config asks for: methods x ratios, then budget_methods x targets."""
+    from .pruning.allocate import Budget
+
+    p = cfg.prune
+    budgets = [Budget("macs", f) for f in p.target_macs]
+    budgets += [Budget("latency", t, p.budget_runtime, p.budget_precision) for t in p.target_latency_ms]
+    return [(m, r) for m in p.methods for r in p.ratios] + [(m, b) for m in p.budget_methods for b in budgets]
+
+
+def _prune_steps(cfg: Config, state: RunState, base: Path) -> tuple[list[Step], list[str]]:
+    """One step per method x ratio, then per budget method x target (after the latency table
+    they plan against); the names of the models they write."""
+    from .latency_table import LatencyTableError, table_path
+    from .pruning.allocate import Budget
+    from .pruning.workflow import target_name
+
+    p, run = cfg.prune, cfg.run_dir
+    sweep_keys = ("methods", "ratios", "budget_methods", "target_macs", "target_latency_ms", "budget_runtime",
+                  "budget_precision")  # which models exist, not how one is made
+    settings = {k: v for k, v in dataclasses.asdict(p).items() if k not in sweep_keys}
+    settings["train"] = dataclasses.asdict(cfg.train)
+    uniform = {k: v for k, v in settings.items() if k not in ("align", "min_width", "min_keep")}
+    jobs = sweep(cfg)
+    steps, names, table_inputs, unavailable = [], [], [], ""
+    if p.target_latency_ms:
+        rt, prec = p.budget_runtime, p.budget_precision
+        try:
+            key = state.latency_key(rt, prec)
+            table_inputs = [table_path(run, key)]
+        except LatencyTableError as exc:
+            key, unavailable = {"unavailable": str(exc)}, str(exc)
+
+        def run_table() -> str:
+            if unavailable:
+                raise StageUnavailable(unavailable)
+            table, reused = state.latency_table(rt, prec)
+            return f"{'reused' if reused else f'measured in {table.seconds:.0f} s'}; channel step {table.step}"
+
+        steps.append(Step(f"latency-table:{rt}-{prec}", run_table, [], key, lambda: table_inputs, "latency-table"))
+    for m, target in jobs:
+        method, name = get_method(m), target_name(get_method(m), target)
+        is_latency = isinstance(target, Budget) and target.kind == "latency"
+        if is_latency and unavailable:
+            continue  # the latency-table step says why, once
+
+        def run_prune(method=method, target=target) -> str:
+            out = state.prune(method, target, cfg.prune.finetune_epochs)
+            ms = out.plan["measured_plan_ms"] or out.plan["predicted_latency_ms"]
+            plan = f"{out.plan['mac_fraction']:.1%} of the MACs" + (f", {ms:.2f} ms planned" if ms else "")
+            return f"{plan}; val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}"
+
+        names.append(name)
+        budget = isinstance(target, Budget)
+        params = {**settings, "method": m, "target": dataclasses.asdict(target)} if budget else \
+            {**uniform, "method": m, "ratio": target}  # as before budgets existed: old runs stay up to date
+        steps.append(Step(f"prune:{name}", run_prune, [base, *(table_inputs if is_latency else [])], params,
+                          lambda name=name: [run / "models" / f"{name}.pth"], "prune"))
+    return steps, names
 
 
 def _train(state: RunState) -> str:

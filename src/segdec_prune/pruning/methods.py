@@ -47,3 +47,13 @@ def get_method(name: str) -> Method:
 def model_name(method: str, ratio: float) -> str:
     """`naive_l1_r20` for (naive_l1, 0.2): the names the original project used."""
     return f"{method}_r{round(ratio * 100):d}"
+
+
+BUDGET_KINDS = ("macs", "latency")
+
+
+def budget_model_name(method: str, kind: str, value: float) -> str:
+    """`ours_c4_m20` for 20 % of the baseline's MACs kept; `ours_c4_t7p5ms` for a 7.5 ms target."""
+    if kind == "macs":
+        return f"{method}_m{round(value * 100):d}"
+    return f"{method}_t{value:g}ms".replace(".", "p")

@@ -103,6 +103,17 @@ def prune_model(
     return prune_to_widths(model, method, target, batches, input_size, include_extractor, options, seed)
 
 
+def channel_scores(model: SegDecNet, method: Method, batches: Sequence[Batch], include_extractor: bool = False,
+                   options: dict | None = None, seed: int = 0) -> list[torch.Tensor]:
+    """The criterion's score of every output channel of each prunable conv (in `prunable_convs`
+    order), computed on a CPU copy of `model` in eval mode, with the full decision gradient."""
+    model = copy.deepcopy(model).cpu().eval()
+    model.decision_grad_scale = 1.0
+    criterion = CRITERIA[method.criterion](seed=seed, **(options or {}))
+    criterion.prepare(model, [{k: v.cpu() for k, v in b.items()} for b in batches])
+    return [criterion.scores[conv] for conv in prunable_convs(model, include_extractor)]
+
+
 def prune_to_widths(
     model: SegDecNet,
     method: Method,
@@ -112,22 +123,21 @@ def prune_to_widths(
     include_extractor: bool = False,
     options: dict | None = None,
     seed: int = 0,
+    scores: Sequence[torch.Tensor] | None = None,
 ) -> tuple[SegDecNet, dict[str, list[int]]]:
-    """A pruned copy of `model` with exactly the widths `target`, lowest scores removed."""
+    """A pruned copy of `model` with exactly the widths `target`, lowest scores removed
+    (`scores`: from `channel_scores` on this same model, when the caller has them already)."""
+    if scores is None:
+        scores = channel_scores(model, method, batches, include_extractor, options, seed)
     model = copy.deepcopy(model).cpu().eval()
-    model.decision_grad_scale = 1.0
-    criterion = CRITERIA[method.criterion](seed=seed, **(options or {}))
-    criterion.prepare(model, [{k: v.cpu() for k, v in b.items()} for b in batches])
     graph = build_graph(model, torch.rand(1, model.in_channels, *input_size))
     convs = prunable_convs(model, include_extractor)
     keeps = list(target.volume) + (list(target.extractor) if include_extractor else [])
     plan: list[tuple[nn.Conv2d, list[int]]] = []
-    for conv, keep in zip(convs, keeps):
+    for conv, keep, score in zip(convs, keeps, scores, strict=True):
         if not 1 <= keep <= conv.out_channels:
             raise ValueError(f"cannot prune a layer of {conv.out_channels} channels to {keep}")
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
-        scores = criterion(group)
-        order = torch.argsort(scores, stable=True)  # ties: lower index pruned first, deterministic
+        order = torch.argsort(score, stable=True)  # ties: lower index pruned first, deterministic
         plan.append((conv, sorted(order[: conv.out_channels - keep].tolist())))
     names = {m: n for n, m in model.named_modules()}
     removed = {names[conv]: drop for conv, drop in plan}

@@ -6,6 +6,9 @@ from typing import Protocol
 
 import numpy as np
 
+# What a build can target: runtime -> precisions.
+RUNTIMES = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+
 
 class Runtime(Protocol):
     """Load an artifact once; `predict` maps float32 images [B,C,H,W] in [0,1] to

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +29,43 @@ from ..artifacts import atomic_write
 from ..export import INPUT, OUTPUTS
 
 
+def cpu_session(path: str | os.PathLike, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session with fixed threads, as every latency figure of the project is measured."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No spin-waiting: idle sessions' spinning threads otherwise steal the cores of the one that
+    # runs (interleaved r60 INT8 latency on 2 cores: 16.1 ms spinning, 7.4 ms not).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def latency_timer(path: str | os.PathLike, sample: np.ndarray, threads: int, warmup: int) -> Callable[[int], float]:
+    """A warmed-up session for any single-input ONNX graph (a latency-table block, a planned
+    network); call the result with a run count to get the median batch-1 milliseconds."""
+    session = cpu_session(path, threads)
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(sample, dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+
+    def median_ms(runs: int) -> float:
+        session.run(None, feed)  # untimed: caches, and the previous session's threads settle
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1e3)
+
+    return median_ms
+
+
 class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, threads: int = 0, precision: str = "fp32") -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No spin-waiting: idle sessions' spinning threads otherwise steal the cores of the one that
-        # runs (interleaved r60 INT8 latency on 2 cores: 16.1 ms spinning, 7.4 ms not).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads)
         self.device = "cpu"
         self.precision = precision
         self.threads = threads

@@ -109,3 +109,40 @@ class TensorRTRuntime:
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
         return outs[OUTPUTS[0]][:, 0].cpu().numpy(), outs[OUTPUTS[1]].cpu().numpy()
+
+
+def latency_timer(onnx_path: str | os.PathLike, precision: str, sample: np.ndarray, warmup: int):
+    """An engine built at `precision` from a single-input ONNX graph (a latency-table block, a
+    planned network; int8: a Q/DQ graph), warmed up; call the result with a run count to get the
+    median batch-1 milliseconds. Untested here: no GPU."""
+    import tempfile
+    import time
+
+    trt = _trt()
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine_file = build_engine(onnx_path, Path(tmp) / "block.engine", precision, tuple(sample.shape[1:]), max_batch=1)
+        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_file.read_bytes())
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).cuda()
+    context.set_input_shape(INPUT, tuple(x.shape))
+    buffers = {INPUT: x}
+    for name in names:
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+            buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
+    for name, buf in buffers.items():
+        context.set_tensor_address(name, buf.data_ptr())
+    stream = torch.cuda.current_stream()
+
+    def once() -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        context.execute_async_v3(stream.cuda_stream)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        once()
+    return lambda runs: float(np.median([once() for _ in range(runs)]) * 1e3)
