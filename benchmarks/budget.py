@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/demo.toml")
     ap.add_argument("--methods", nargs="*", default=["ours_c4", "naive_l1"])
     ap.add_argument("--macs", nargs="*", type=float, default=[0.4, 0.2], help="shares of the baseline's MACs kept")
-    ap.add_argument("--latency-share", type=float, default=0.25, help="latency target / baseline latency (0: skip)")
+    ap.add_argument("--latency-share", type=float, default=0.3, help="latency target / baseline latency (0: skip)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. prune.min_keep=0.25")
     ap.add_argument("--plans", nargs="*", default=["uniform", "global", "latency"], choices=["uniform", "global", "latency"],

@@ -15,7 +15,7 @@ from segdec_prune.model import SegDecNet, Widths, conv_macs
 from segdec_prune.profiling import macs_and_params
 from segdec_prune.pruning.allocate import Budget, BudgetError, allocate, retention_loss
 from segdec_prune.pruning.methods import budget_model_name, get_method
-from segdec_prune.pruning.workflow import plan_target
+from segdec_prune.pruning.plan import plan_target
 
 runner = CliRunner()
 SIZE = (128, 64)

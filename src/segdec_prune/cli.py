@@ -146,25 +146,12 @@ def prune(
 ) -> None:
     """Prune the baseline to a ratio or a budget, fine-tune, save RUN/models/{name}.pth."""
     from .pruning.allocate import Budget
-    from .pruning.methods import get_method
-    from .stages import RunState, sweep
+    from .stages import RunState, prune_jobs
     from .training import new_progress
 
     try:
         cfg = load_config(config, set_)
-        targets = [t for t in (ratio, target_macs, target_latency_ms) if t is not None]
-        if all_ == (method is not None) or (method is not None and len(targets) != 1):
-            raise ConfigError("give --all, or --method with one of --ratio, --target-macs, --target-latency-ms")
-        if all_:
-            jobs = [(get_method(m), t) for m, t in sweep(cfg)]
-        elif ratio is not None:
-            if not 0 < ratio < 1:
-                raise ConfigError(f"--ratio must be in (0, 1), got {ratio}")
-            jobs = [(get_method(method), ratio)]
-        else:
-            budget = Budget("macs", target_macs) if target_macs is not None else \
-                Budget("latency", target_latency_ms, runtime, precision)
-            jobs = [(get_method(method), budget)]
+        jobs = prune_jobs(cfg, all_, method, ratio, target_macs, target_latency_ms, runtime, precision)
         state = RunState(cfg, baseline_file=model)
         state.baseline  # noqa: B018 - fail early, before loading data
         tables = {(t.runtime, t.precision) for _, t in jobs if isinstance(t, Budget) and t.kind == "latency"}

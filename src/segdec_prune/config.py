@@ -124,7 +124,7 @@ class PruneConfig:
     budget_precision: str = "fp32"
     align: int = 16  # budget models' widths are multiples of this (the latency table's channel step)
     min_width: int = 8  # no layer of a budget model gets narrower (rounded up to align)
-    min_keep: float = 0.0  # nor below this share of its own channels
+    min_keep: float = 0.3  # nor below this share of its own channels
 
     def validate(self) -> None:
         for key in ("methods", "budget_methods"):

@@ -14,7 +14,8 @@ from .data.dataset import KSDD2Dataset, preprocessing_for, train_val_datasets
 from .model import SegDecNet, Widths, count_parameters
 from .pipeline import Step, StageUnavailable, config_sections
 from .pruning.methods import Method, get_method
-from .pruning.workflow import PruneOutcome, Target
+from .pruning.plan import Target
+from .pruning.workflow import PruneOutcome
 from .training import TrainResult, train
 
 
@@ -177,12 +178,31 @@ def sweep(cfg: Config) -> list[tuple[str, Target]]:
     return [(m, r) for m in p.methods for r in p.ratios] + [(m, b) for m in p.budget_methods for b in budgets]
 
 
+def prune_jobs(cfg: Config, all_: bool, method: str | None, ratio: float | None, target_macs: float | None,
+               target_latency_ms: float | None, runtime: str, precision: str) -> list[tuple[Method, Target]]:
+    """What `prune` was asked for: the config's sweep, or one method at one ratio or budget."""
+    from .pruning.allocate import Budget
+
+    targets = [t for t in (ratio, target_macs, target_latency_ms) if t is not None]
+    if all_ == (method is not None) or (method is not None and len(targets) != 1):
+        raise ConfigError("give --all, or --method with one of --ratio, --target-macs, --target-latency-ms")
+    if all_:
+        return [(get_method(m), t) for m, t in sweep(cfg)]
+    if ratio is not None:
+        if not 0 < ratio < 1:
+            raise ConfigError(f"--ratio must be in (0, 1), got {ratio}")
+        return [(get_method(method), ratio)]
+    if target_macs is not None:
+        return [(get_method(method), Budget("macs", target_macs))]
+    return [(get_method(method), Budget("latency", target_latency_ms, runtime, precision))]
+
+
 def _prune_steps(cfg: Config, state: RunState, base: Path) -> tuple[list[Step], list[str]]:
     """One step per method x ratio, then per budget method x target (after the latency table
     they plan against); the names of the models they write."""
     from .latency_table import LatencyTableError, table_path
     from .pruning.allocate import Budget
-    from .pruning.workflow import target_name
+    from .pruning.plan import target_name
 
     p, run = cfg.prune, cfg.run_dir
     sweep_keys = ("methods", "ratios", "budget_methods", "target_macs", "target_latency_ms", "budget_runtime",

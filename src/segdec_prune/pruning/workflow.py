@@ -1,5 +1,5 @@
-"""Plan widths (a uniform ratio, or a budget by global allocation) -> prune -> fine-tune (with
-distillation, in one or several rounds) -> save, for one method and one target."""
+"""Prune to the planned widths (`plan.py`) -> fine-tune (with distillation, in one or several
+rounds) -> save, for one method and one target."""
 
 from __future__ import annotations
 
@@ -19,18 +19,17 @@ from ..calibration import select
 from ..checkpoint import Checkpoint, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
-from ..model import SegDecNet, Widths, conv_macs, count_parameters, prunable_convs
+from ..model import SegDecNet, count_parameters
 from ..training import batches_per_epoch, resolve_device, train, validate
-from .allocate import Budget, BudgetError, allocate, narrowest
+from .allocate import Budget
 from .criteria import Batch
 from .distill import Distillation, TeacherOutputs
-from .methods import Method, budget_model_name, model_name
-from .prune import channel_scores, prune_to_widths, round_widths, target_widths
+from .methods import Method
+from .plan import Target, plan_target, target_name
+from .prune import prune_to_widths, round_widths
 
 if TYPE_CHECKING:
     from ..latency_table import LatencyTable
-
-Target = float | Budget  # a share of every layer's channels to remove, or a budget to meet
 
 
 @dataclass
@@ -42,119 +41,6 @@ class PruneOutcome:
     val_ap: float  # after fine-tuning (= pruned when no fine-tuning)
     seconds: float
     plan: dict
-
-
-def target_name(method: Method, target: Target) -> str:
-    """`ours_c4_r60` for a ratio, `ours_c4_m20` / `ours_c4_t7p5ms` for budgets."""
-    if isinstance(target, Budget):
-        return budget_model_name(method.name, target.kind, target.value)
-    return model_name(method.name, target)
-
-
-@dataclass
-class Planned:
-    """The widths to prune to, what they are predicted to cost, and (for budgets) the scores the
-    allocation used, so the first pruning round does not score the same model twice."""
-
-    widths: Widths
-    info: dict
-    scores: list[torch.Tensor] | None = None
-
-
-PLAN_TOLERANCE, PLAN_CHECKS = 0.05, 3
-
-
-def verified(widths: Widths, target_ms: float, plan: Callable[[float], Widths],
-             table: LatencyTable) -> tuple[Widths, float, list[dict]]:
-    """Time the planned architecture itself (random weights, alternating with the baseline and
-    scaled to the table's baseline; seconds) and, while it misses the target by more than
-    PLAN_TOLERANCE, plan again for the table budget scaled by target/measured.
-    The table's sum of isolated blocks is off by up to ~20 % for very narrow networks on a CPU
-    (README "Budgets"); this closes the loop before any fine-tuning is spent."""
-    from ..latency_table import measure_widths
-
-    budget, checks, best = target_ms, [], None
-    for _ in range(PLAN_CHECKS):
-        measured = measure_widths(table.key, widths, table.baseline_ms)
-        checks.append({"budget_ms": budget, "widths": widths.to_dict(), "predicted_ms": table.predict(widths),
-                       "measured_ms": measured})
-        if best is None or abs(measured / target_ms - 1) < abs(best[1] / target_ms - 1):
-            best = (widths, measured)
-        if abs(measured / target_ms - 1) <= PLAN_TOLERANCE:
-            break
-        budget *= target_ms / measured
-        try:
-            nxt = plan(budget)
-        except BudgetError:
-            break
-        if nxt == widths:
-            break
-        widths = nxt
-    return best[0], best[1], checks
-
-
-def plan_target(source: SegDecNet, method: Method, target: Target, cfg: Config, batches: Sequence[Batch],
-                table: LatencyTable | None = None) -> Planned:
-    """Widths for `target`: one ratio for every layer, or global allocation under a budget
-    (MACs from the shapes; latency from `table`, which must be for the budget's runtime)."""
-    p, c = cfg.prune, source.in_channels
-    size = (cfg.data.input_height, cfg.data.input_width)
-    scores, checks, measured = None, [], None
-    if isinstance(target, Budget):
-        widths, scores = budget_widths(source, method, target, cfg, batches, table)
-        if target.kind == "latency":
-            arrays = [s.numpy() for s in scores]
-            full = [conv.out_channels for conv in prunable_convs(source, p.include_extractor)]
-
-            def replan(budget: float) -> Widths:
-                return _as_widths(allocate(arrays, full, _cost(source, target, cfg, table), budget, p.min_width,
-                                           p.align, p.min_keep), source.widths)
-
-            widths, measured, checks = verified(widths, target.value, replan, table)
-    else:
-        widths = target_widths(source.widths, target, p.include_extractor, p.round_to if method.aligned else None)
-    macs = conv_macs(widths, c, *size)
-    info = {"widths": widths.to_dict(), "macs": macs, "mac_fraction": macs / conv_macs(source.widths, c, *size),
-            "predicted_latency_ms": table.predict(widths) if table else None, "measured_plan_ms": measured,
-            "plan_checks": checks,
-            "latency_table": {k: table.key[k] for k in ("runtime", "precision", "threads")} if table else None,
-            "budget": {**dataclasses.asdict(target), "align": p.align, "min_width": p.min_width, "min_keep": p.min_keep}
-            if isinstance(target, Budget) else None}
-    return Planned(widths, info, scores)
-
-
-def _as_widths(ws: Sequence[int], like: Widths) -> Widths:
-    """Allocation's flat list (volume, then the extractor when it is pruned) as Widths."""
-    return Widths(tuple(ws[:9]), tuple(ws[9:]) or like.extractor)
-
-
-def _cost(source: SegDecNet, target: Budget, cfg: Config, table: LatencyTable | None) -> Callable[[Sequence[int]], float]:
-    """The budget's cost of a flat width list: share of the source's MACs, or predicted ms."""
-    c, size = source.in_channels, (cfg.data.input_height, cfg.data.input_width)
-    if target.kind == "macs":
-        base = conv_macs(source.widths, c, *size)
-        return lambda ws: conv_macs(_as_widths(ws, source.widths), c, *size) / base
-    if table is None or (table.key["runtime"], table.key["precision"]) != (target.runtime, target.precision):
-        raise BudgetError(f"a latency target needs the {target.runtime} {target.precision} latency table")
-    return lambda ws: table.predict(_as_widths(ws, source.widths))
-
-
-def budget_widths(source: SegDecNet, method: Method, target: Budget, cfg: Config, batches: Sequence[Batch],
-                  table: LatencyTable | None) -> tuple[Widths, list[torch.Tensor]]:
-    """Global allocation of `source`'s channels under `target`, and the criterion's scores it used;
-    a target the narrowest allowed network cannot meet fails before any scoring."""
-    p = cfg.prune
-    cost = _cost(source, target, cfg, table)
-    full = [conv.out_channels for conv in prunable_convs(source, p.include_extractor)]
-    floor = cost(narrowest(full, p.min_width, p.align, p.min_keep))
-    if floor > target.value:
-        unit, reach = ("", f"{floor:.1%} of the baseline's MACs") if target.kind == "macs" else (" ms", f"{floor:.2f} ms")
-        raise BudgetError(f"the target {target.value:g}{unit} is out of reach: the narrowest network allowed (prune."
-                          f"min_width {p.min_width}, min_keep {p.min_keep}, align {p.align}) needs {reach}")
-    scores = channel_scores(source, method, batches, p.include_extractor, {"lam": p.c3_lambda, "delta": cfg.train.delta},
-                            p.seed)
-    ws = allocate([s.numpy() for s in scores], full, cost, target.value, p.min_width, p.align, p.min_keep)
-    return _as_widths(ws, source.widths), scores
 
 
 def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed: int) -> list[Batch]:
