@@ -132,3 +132,27 @@ def test_tensorrt_engine_matches_pytorch(run_dir, images, trained, precision):
     ref_dec, _ = TorchRuntime(trained).predict(images[:4])
     assert seg.shape == (4, 1, 16, 8)
     assert np.corrcoef(dec, ref_dec)[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_damaged_model_files_give_one_clear_line(run_dir, tmp_path, tiny_synth, damage):
+    from typer.testing import CliRunner
+
+    from segdec_prune.cli import app
+
+    rng = np.random.default_rng(0)
+    for good in (run_dir / "onnx" / "naive_l1_r50.onnx", run_dir / "models" / "naive_l1_r50.pth"):
+        bad = tmp_path / f"bad{good.suffix}"
+        data = good.read_bytes()
+        bad.write_bytes(data[: len(data) // 3] if damage == "truncated" else rng.bytes(4096))
+        r = CliRunner().invoke(app, ["evaluate", "--model", str(bad), "--data", str(tiny_synth)])
+        out = r.output.replace("\n", "")  # the console wraps long lines
+        assert r.exit_code == 2, r.output
+        assert str(bad) in out and "Traceback" not in out and "weights_only=False" not in out
+        assert "damaged" in out, r.output
+    engine = tmp_path / "engines" / "naive_l1_r50_fp16.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(rng.bytes(4096))
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(engine), "--data", str(tiny_synth)])
+    out = r.output.replace("\n", "")
+    assert r.exit_code == 2 and str(engine) in out and "Traceback" not in out, r.output

@@ -81,7 +81,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, pickled classes, not a torch file ...
-        raise CheckpointError(f"cannot read {path} as a weights-only torch file: {exc}") from None
+        raise CheckpointError(f"cannot read {path}: {_why_unreadable(exc)}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict")
     if raw.get("format") == FORMAT:
@@ -107,6 +107,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     _check_shapes(model, state, path)
     model.load_state_dict(state)
     return Checkpoint(model=model.to(map_location), input_spec=spec, metadata=dict(meta))
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """torch.load's error in one line, without its advice to load unsafely."""
+    text = str(exc)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return ("it is damaged or holds pickled Python objects, which a weights-only load refuses (running them "
+                "could execute code from the file); a segdec-prune checkpoint holds tensors and plain values only")
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(exc).__name__
+    return f"not a torch checkpoint, or truncated/damaged ({first})"
 
 
 def _check_shapes(model: SegDecNet, state: dict[str, torch.Tensor], path: Path) -> None:

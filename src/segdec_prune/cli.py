@@ -412,7 +412,7 @@ def build(
             task = bar.add_task("", total=None)
             built = build_run(cfg.run_dir, runtime, precision, calib, cfg.deploy.int8_op_types,
                               lambda name, path: bar.advance(task))
-    except (*USER_ERRORS, RuntimeError) as exc:  # incl. TensorRTUnavailable, e.g. TensorRT 11 without FP16
+    except (*USER_ERRORS, ValueError, RuntimeError) as exc:  # TensorRTUnavailable, a damaged ONNX file ...
         _fail(exc)
     for path in built:
         console.print(f"built {path}")

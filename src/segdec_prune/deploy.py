@@ -43,9 +43,28 @@ def export_checkpoint(ckpt: Checkpoint, name: str, images: np.ndarray, out: Path
     return export_and_verify(ckpt.model, spec.height, spec.width, images, out, meta)
 
 
+class ModelFileError(ValueError):
+    """A model file (.onnx, .engine) cannot be used; the message names it and says why."""
+
+
+def _first(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """The ONNX model at `path`, or one clear error for a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError ...
+        raise ModelFileError(f"cannot read {path}: not an ONNX model, or truncated/damaged ({_first(exc)})") from None
+
+
 def onnx_input_spec(path: str | Path) -> tuple[InputSpec, str]:
     """The input spec and data root recorded at export."""
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    props = {p.key: p.value for p in load_onnx(path).metadata_props}
     if "segdec_prune.input_spec" not in props:
         raise ValueError(f"{path} was not exported by segdec-prune (no input spec in its metadata)")
     return InputSpec.from_dict(json.loads(props["segdec_prune.input_spec"])), props.get("segdec_prune.data_root", "")
@@ -108,12 +127,20 @@ def open_runtime(path: str | Path, threads: int = 0):
         from .runtimes.onnxruntime_runtime import OnnxRuntime
 
         spec, root = onnx_input_spec(path)
-        return OnnxRuntime(path, threads, "int8" if path.stem.endswith("_int8") else "fp32"), spec, root
+        try:
+            return OnnxRuntime(path, threads, "int8" if path.stem.endswith("_int8") else "fp32"), spec, root
+        except Exception as exc:  # a graph ONNX Runtime rejects
+            raise ModelFileError(f"ONNX Runtime cannot load {path}: {_first(exc)}") from None
     if path.suffix == ".engine":
-        from .runtimes.tensorrt_runtime import TensorRTRuntime
+        from .runtimes.tensorrt_runtime import TensorRTRuntime, unavailable_reason
 
+        if reason := unavailable_reason():
+            raise ModelFileError(f"cannot run {path}: {reason}")
         name = path.stem.rsplit("_", 1)[0]
-        spec, root = onnx_input_spec(path.parent.parent / "onnx" / f"{name}.onnx")
+        source = path.parent.parent / "onnx" / f"{name}.onnx"
+        if not source.is_file():
+            raise ModelFileError(f"{path}: its input spec is read from {source}, which is missing")
+        spec, root = onnx_input_spec(source)
         return TensorRTRuntime(path, path.stem.rsplit("_", 1)[1]), spec, root
     import torch
 
