@@ -22,6 +22,7 @@ from segdec_prune.artifacts import write_json
 from segdec_prune.config import load_config
 from segdec_prune.profiling import macs_and_params
 from segdec_prune.pruning.methods import get_method
+from segdec_prune.pruning.plan import criterion_options
 from segdec_prune.pruning.prune import prune_model
 from segdec_prune.pruning.workflow import RecoveryData, calibration_batches, prune_and_recover
 
@@ -58,7 +59,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 pruned, _ = prune_model(baseline.model, method, ratio, batches, (spec.height, spec.width),
                                         cfg.prune.round_to, cfg.prune.include_extractor,
-                                        {"lam": cfg.prune.c3_lambda, "delta": cfg.train.delta}, seed)
+                                        criterion_options(cfg), seed)
                 row = rows.setdefault((name, ratio), {"before": [], "after": [], "dice": [], "seconds": []})
                 row["macs"], _ = macs_and_params(pruned, spec.height, spec.width)
                 row["before"].append(bench.test_metrics(pruned)["ap"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -130,10 +131,10 @@ class PruneConfig:
         for key in ("methods", "budget_methods"):
             unknown = [m for m in getattr(self, key) if m not in METHODS]
             _require(f"prune.{key}", not unknown, f"unknown {unknown}; known: {', '.join(METHODS)}")
-        bad = [f for f in self.target_macs if not isinstance(f, (int, float)) or not 0 < f < 1]
-        _require("prune.target_macs", not bad, f"each share of MACs kept must be in (0, 1), got {self.target_macs}")
-        bad = [t for t in self.target_latency_ms if not isinstance(t, (int, float)) or not t > 0]
-        _require("prune.target_latency_ms", not bad, f"each target must be > 0 ms, got {self.target_latency_ms}")
+        _require("prune.target_macs", _all_numbers(self.target_macs, lambda f: 0 < f < 1),
+                 f"each share of MACs kept must be in (0, 1), got {self.target_macs}")
+        _require("prune.target_latency_ms", _all_numbers(self.target_latency_ms, lambda t: t > 0),
+                 f"each target must be > 0 ms, got {self.target_latency_ms}")
         _require("prune.budget_runtime", self.budget_runtime in RUNTIMES,
                  f"must be one of {', '.join(RUNTIMES)}, got {self.budget_runtime!r}")
         _require("prune.budget_precision", self.budget_precision in RUNTIMES.get(self.budget_runtime, ()),
@@ -144,8 +145,8 @@ class PruneConfig:
         _require("prune.align", self.align >= 1, f"must be >= 1, got {self.align}")
         _require("prune.min_width", self.min_width >= 1, f"must be >= 1, got {self.min_width}")
         _require("prune.min_keep", 0 <= self.min_keep < 1, f"must be in [0, 1), got {self.min_keep}")
-        bad = [r for r in self.ratios if not isinstance(r, (int, float)) or not 0 < r < 1]
-        _require("prune.ratios", not bad and bool(self.ratios), f"each ratio must be in (0, 1), got {self.ratios}")
+        _require("prune.ratios", _all_numbers(self.ratios, lambda r: 0 < r < 1) and bool(self.ratios),
+                 f"each ratio must be in (0, 1), got {self.ratios}")
         _require("prune.finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}")
         _require("prune.finetune_lr", self.finetune_lr > 0, f"must be > 0, got {self.finetune_lr}")
         _require("prune.finetune_momentum", 0 <= self.finetune_momentum < 1, f"must be in [0, 1), got {self.finetune_momentum}")
@@ -217,6 +218,11 @@ class Config:
 
 
 SECTIONS = ("data", "train", "prune", "deploy", "run")
+
+
+def _all_numbers(values: list, ok: Callable[[float], bool]) -> bool:
+    """Every value is a number that `ok` accepts."""
+    return all(isinstance(v, (int, float)) and ok(v) for v in values)
 
 
 def _require(key: str, ok: bool, why: str) -> None:

@@ -15,6 +15,7 @@ a different file; a damaged file is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,12 +166,10 @@ def load_table(path: Path, key: dict) -> LatencyTable | None:
 
 def latency_table(run_dir: Path, key: dict, on_step: Callable[[str], None] | None = None) -> tuple[LatencyTable, bool]:
     """(table, reused): the cached table for `key`, or a new one measured and saved atomically."""
-    path = table_path(run_dir, key)
-    if (table := load_table(path, key)) is not None:
+    if (table := cached(run_dir, key)) is not None:
         return table, True
     table = measure(key, on_step)
-    write_json(table.to_dict(), path)
-    table.path = str(path)
+    table.path = str(write_json(table.to_dict(), table_path(run_dir, key)))
     return table, False
 
 
@@ -249,24 +248,35 @@ def find_step(cout: list[int], ms: list[float]) -> int:
     return best
 
 
-def measure_widths(key: dict, widths: Widths, reference_ms: float | None = None, rounds: int = 3) -> float:
-    """Median ms of a whole SegDecNet(widths) (random weights) in the key's runtime and precision.
+@contextlib.contextmanager
+def network_timer(key: dict, reference_ms: float | None = None, rounds: int = 3) -> Iterator[Callable[[Widths], float]]:
+    """time(widths) -> median ms of a whole SegDecNet(widths) (random weights) in the key's
+    runtime and precision.
 
-    With `reference_ms` (the table's baseline), the network is timed in `rounds` alternating
-    blocks with the baseline and reported as reference_ms x its ratio to the baseline: a machine
-    that is momentarily slower or faster than when the table was measured (a shared 2-core CPU
-    drifts by 5-10 %) then does not move the answer.
+    With `reference_ms` (the table's baseline), each network is timed in `rounds` alternating
+    blocks with the baseline (built once per timer) and reported as reference_ms x its ratio to
+    the baseline: a machine that is momentarily slower or faster than when the table was measured
+    (a shared 2-core CPU drifts by 5-10 %) then does not move the answer.
     """
     c, h, w = key["in_channels"], key["height"], key["width"]
     x = np.random.default_rng(0).random((1, c, h, w), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         prepare = _timer(key, Path(tmp))
-        timers = [prepare(export_onnx(SegDecNet(c, widths), h, w), x)]
-        if reference_ms is not None:
-            timers.append(prepare(export_onnx(SegDecNet(c, Widths.from_dict(key["widths"])), h, w), x))
-        times = np.array([[t(RUNS) for t in timers] for _ in range(rounds)])
-    ms = np.median(times, axis=0)
-    return float(ms[0] if reference_ms is None else reference_ms * ms[0] / ms[1])
+        baseline = None if reference_ms is None else \
+            prepare(export_onnx(SegDecNet(c, Widths.from_dict(key["widths"])), h, w), x)
+
+        def time_network(widths: Widths) -> float:
+            timers = [prepare(export_onnx(SegDecNet(c, widths), h, w), x), *([baseline] if baseline else [])]
+            ms = np.median(np.array([[t(RUNS) for t in timers] for _ in range(rounds)]), axis=0)
+            return float(ms[0] if baseline is None else reference_ms * ms[0] / ms[1])
+
+        yield time_network
+
+
+def measure_widths(key: dict, widths: Widths, reference_ms: float | None = None, rounds: int = 3) -> float:
+    """One network's milliseconds; see `network_timer`."""
+    with network_timer(key, reference_ms, rounds) as time_network:
+        return time_network(widths)
 
 
 def measure(key: dict, on_step: Callable[[str], None] | None = None) -> LatencyTable:
@@ -322,3 +332,12 @@ def measure(key: dict, on_step: Callable[[str], None] | None = None) -> LatencyT
 def cached(run_dir: Path, key: dict) -> LatencyTable | None:
     """The run's table for `key` if one was measured (never measures)."""
     return load_table(table_path(run_dir, key), key)
+
+
+def cached_for(cfg: "Config", runtime: str, precision: str, widths: Widths) -> LatencyTable | None:
+    """The run's table for this runtime, precision and machine if one was measured; None also
+    where there can be none (torch, a runtime not installed here)."""
+    try:
+        return cached(cfg.run_dir, run_key(cfg, runtime, precision, widths))
+    except (LatencyTableError, ImportError):
+        return None

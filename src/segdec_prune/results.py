@@ -146,7 +146,7 @@ def _add_latency(records: list[dict], runtimes: list, sample, warmup: int, runs:
 def _add_predicted_latency(records: list[dict], cfg: Config) -> None:
     """What the run's latency table (when one matches the runtime, dtype, threads and machine)
     predicted beside what was measured, so the table's error is on record for every model."""
-    from .latency_table import LatencyTableError, cached, run_key
+    from .latency_table import cached_for
     from .model import Widths
 
     base = next((r for r in records if r["model"] == "baseline_best" and r.get("widths")), None)
@@ -154,12 +154,7 @@ def _add_predicted_latency(records: list[dict], cfg: Config) -> None:
     for r in records:
         rt = (r["runtime"], r["dtype"])
         if rt not in tables:
-            tables[rt] = None
-            try:
-                if base:
-                    tables[rt] = cached(cfg.run_dir, run_key(cfg, *rt, Widths.from_dict(base["widths"])))
-            except (LatencyTableError, ImportError):
-                pass  # torch, or a runtime not installed here: no table
+            tables[rt] = base and cached_for(cfg, *rt, Widths.from_dict(base["widths"]))
         table = tables[rt]
         predicted = table.predict(Widths.from_dict(r["widths"])) if table and r.get("widths") else None
         r["predicted_latency_ms"] = predicted

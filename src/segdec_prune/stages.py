@@ -78,13 +78,17 @@ class RunState:
         return teacher_outputs(self.cfg.run_dir, self.baseline_file, self.baseline.model, self.sets[0],
                                resolve_device(self.cfg.train.device))
 
+    @property
+    def table_widths(self) -> Widths:
+        """The widths a latency table covers: the baseline's, or before training the default ones
+        (what `train` builds)."""
+        return self.baseline.model.widths if self.baseline_file.is_file() else Widths()
+
     def latency_key(self, runtime: str, precision: str) -> dict:
-        """The latency table's key for this run and machine: the baseline's widths, or before
-        training the default ones (what `train` builds)."""
+        """The latency table's key for this run and machine."""
         from .latency_table import run_key
 
-        widths = self.baseline.model.widths if self.baseline_file.is_file() else Widths()
-        return run_key(self.cfg, runtime, precision, widths)
+        return run_key(self.cfg, runtime, precision, self.table_widths)
 
     def latency_table(self, runtime: str, precision: str, on_step=None):
         """(table, reused): the run's latency table for this runtime on this machine (measured once)."""
@@ -116,12 +120,9 @@ class RunState:
 
     def cached_table(self, runtime: str, precision: str):
         """The table if it was measured already (a MAC budget reports predicted latency with it)."""
-        from .latency_table import LatencyTableError, cached
+        from .latency_table import cached_for
 
-        try:
-            return cached(self.cfg.run_dir, self.latency_key(runtime, precision))
-        except LatencyTableError:
-            return None
+        return cached_for(self.cfg, runtime, precision, self.table_widths)
 
 
 def plan(cfg: Config, state: RunState) -> list[Step]:

@@ -5,8 +5,9 @@ Each criterion's scores are normalised within their layer to shares of the layer
 (a channel's score = the fraction of its layer's importance it carries), so layers of 32 and
 1024 channels compare. Channels go in chunks of `align` (the widths stay multiples of it, which
 is what the runtime runs fast), from the layer whose next chunk loses the least importance per
-unit of cost saved (see `retention_loss`), until the budget holds; then chunks are given back, most score per cost
-first, while it still holds, so the plan uses the budget rather than undershooting by a chunk.
+unit of cost saved (see `retention_loss`), until the budget holds; then chunks are given back,
+most importance per cost first, while it still holds, so the plan uses the budget rather than
+undershooting by a chunk.
 Costs are re-evaluated on the current widths at every step: the cost of a channel depends on
 its neighbours' widths (a conv's MACs are cin x cout).
 """

@@ -50,25 +50,26 @@ def verified(widths: Widths, target_ms: float, budget: float, plan: Callable[[fl
     PLAN_TOLERANCE, plan again for the table budget scaled by target/measured.
     The table's sum of isolated blocks is off by up to ~20 % for very narrow networks on a CPU
     (README "Budgets"); this closes the loop before any fine-tuning is spent."""
-    from ..latency_table import measure_widths
+    from ..latency_table import network_timer
 
     checks, best = [], None
-    for _ in range(PLAN_CHECKS):
-        measured = measure_widths(table.key, widths, table.baseline_ms)
-        checks.append({"budget_ms": budget, "widths": widths.to_dict(), "predicted_ms": table.predict(widths),
-                       "measured_ms": measured})
-        if best is None or abs(measured / target_ms - 1) < abs(best[1] / target_ms - 1):
-            best = (widths, measured)
-        if abs(measured / target_ms - 1) <= PLAN_TOLERANCE:
-            break
-        budget *= target_ms / measured
-        try:
-            nxt = plan(budget)
-        except BudgetError:
-            break
-        if nxt == widths:
-            break
-        widths = nxt
+    with network_timer(table.key, table.baseline_ms) as time_network:
+        for _ in range(PLAN_CHECKS):
+            measured = time_network(widths)
+            checks.append({"budget_ms": budget, "widths": widths.to_dict(), "predicted_ms": table.predict(widths),
+                           "measured_ms": measured})
+            if best is None or abs(measured / target_ms - 1) < abs(best[1] / target_ms - 1):
+                best = (widths, measured)
+            if abs(measured / target_ms - 1) <= PLAN_TOLERANCE:
+                break
+            budget *= target_ms / measured
+            try:
+                nxt = plan(budget)
+            except BudgetError:
+                break
+            if nxt == widths:
+                break
+            widths = nxt
     return best[0], best[1], checks
 
 
@@ -80,15 +81,9 @@ def plan_target(source: SegDecNet, method: Method, target: Target, cfg: Config, 
     size = (cfg.data.input_height, cfg.data.input_width)
     scores, checks, measured = None, [], None
     if isinstance(target, Budget):
-        widths, scores, budget = budget_widths(source, method, target, cfg, batches, table)
+        replan, scores, budget = budget_plan(source, method, target, cfg, batches, table)
+        widths = replan(budget)
         if target.kind == "latency":
-            arrays = [s.numpy() for s in scores]
-            full = [conv.out_channels for conv in prunable_convs(source, p.include_extractor)]
-
-            def replan(budget: float) -> Widths:
-                return _as_widths(allocate(arrays, full, _cost(source, target, cfg, table), budget, p.min_width,
-                                           p.align, p.min_keep), source.widths)
-
             widths, measured, checks = verified(widths, target.value, budget, replan, table)
     else:
         widths = target_widths(source.widths, target, p.include_extractor, p.round_to if method.aligned else None)
@@ -118,11 +113,17 @@ def _cost(source: SegDecNet, target: Budget, cfg: Config, table: LatencyTable | 
     return lambda ws: table.predict(_as_widths(ws, source.widths))
 
 
-def budget_widths(source: SegDecNet, method: Method, target: Budget, cfg: Config, batches: Sequence[Batch],
-                  table: LatencyTable | None) -> tuple[Widths, list[torch.Tensor], float]:
-    """Global allocation of `source`'s channels under `target`, the criterion's scores it used and
-    the budget in the cost's units; a target the narrowest allowed network cannot meet (for
-    latency: measured, not predicted) fails before any scoring."""
+def criterion_options(cfg: Config) -> dict:
+    """The options the criteria take from the config (C3's lambda, C4's decision-loss weight)."""
+    return {"lam": cfg.prune.c3_lambda, "delta": cfg.train.delta}
+
+
+def budget_plan(source: SegDecNet, method: Method, target: Budget, cfg: Config, batches: Sequence[Batch],
+                table: LatencyTable | None) -> tuple[Callable[[float], Widths], list[torch.Tensor], float]:
+    """Global allocation of `source`'s channels under `target`: (budget in the cost's units ->
+    widths), the criterion's scores it allocates by, and the budget for `target`. A target the
+    narrowest allowed network cannot meet (for latency: measured, not predicted) fails before
+    any scoring."""
     p = cfg.prune
     cost = _cost(source, target, cfg, table)
     full = [conv.out_channels for conv in prunable_convs(source, p.include_extractor)]
@@ -137,7 +138,10 @@ def budget_widths(source: SegDecNet, method: Method, target: Budget, cfg: Config
         unit, reach = ("", f"{floor:.1%} of the baseline's MACs") if target.kind == "macs" else (" ms", f"{floor:.2f} ms")
         raise BudgetError(f"the target {target.value:g}{unit} is out of reach: the narrowest network allowed (prune."
                           f"min_width {p.min_width}, min_keep {p.min_keep}, align {p.align}) needs {reach}")
-    scores = channel_scores(source, method, batches, p.include_extractor, {"lam": p.c3_lambda, "delta": cfg.train.delta},
-                            p.seed)
-    ws = allocate([s.numpy() for s in scores], full, cost, budget, p.min_width, p.align, p.min_keep)
-    return _as_widths(ws, source.widths), scores, budget
+    scores = channel_scores(source, method, batches, p.include_extractor, criterion_options(cfg), p.seed)
+    arrays = [s.numpy() for s in scores]
+
+    def plan(budget: float) -> Widths:
+        return _as_widths(allocate(arrays, full, cost, budget, p.min_width, p.align, p.min_keep), source.widths)
+
+    return plan, scores, budget

@@ -25,7 +25,7 @@ from .allocate import Budget
 from .criteria import Batch
 from .distill import Distillation, TeacherOutputs
 from .methods import Method
-from .plan import Target, plan_target, target_name
+from .plan import Target, criterion_options, plan_target, target_name
 from .prune import prune_to_widths, round_widths
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
     total = finetune_epochs * batches_per_epoch(train_set, ft_cfg.batch_size)
     extra = distillation(cfg, data.teacher, train_set) if total else None
     device = resolve_device(cfg.train.device)
-    options = {"lam": p.c3_lambda, "delta": cfg.train.delta}
+    options = criterion_options(cfg)
     model, rounds = source, []
     for i, widths in enumerate(plan):
         model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options,

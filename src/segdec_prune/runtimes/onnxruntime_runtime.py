@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -44,19 +44,17 @@ def cpu_session(path: str | os.PathLike, threads: int = 0) -> ort.InferenceSessi
 def latency_timer(path: str | os.PathLike, sample: np.ndarray, threads: int, warmup: int) -> Callable[[int], float]:
     """A warmed-up session for any single-input ONNX graph (a latency-table block, a planned
     network); call the result with a run count to get the median batch-1 milliseconds."""
+    from ..evaluation import latency_samples
+
     session = cpu_session(path, threads)
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(sample, dtype=np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
+    name = session.get_inputs()[0].name
+    graph = SimpleNamespace(predict=lambda x: session.run(None, {name: x}))
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    latency_samples(graph, x, warmup)
 
     def median_ms(runs: int) -> float:
-        session.run(None, feed)  # untimed: caches, and the previous session's threads settle
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times) * 1e3)
+        latency_samples(graph, x, 1)  # untimed: caches, and the previous session's threads settle
+        return float(np.median(latency_samples(graph, x, runs)) * 1e3)
 
     return median_ms
 

@@ -116,10 +116,12 @@ def latency_timer(onnx_path: str | os.PathLike, precision: str, sample: np.ndarr
     planned network; int8: a Q/DQ graph), warmed up; call the result with a run count to get the
     median batch-1 milliseconds. Untested here: no GPU."""
     import tempfile
-    import time
+    from types import SimpleNamespace
 
     trt = _trt()
     import torch
+
+    from ..evaluation import latency_samples
 
     with tempfile.TemporaryDirectory() as tmp:
         engine_file = build_engine(onnx_path, Path(tmp) / "block.engine", precision, tuple(sample.shape[1:]), max_batch=1)
@@ -135,14 +137,6 @@ def latency_timer(onnx_path: str | os.PathLike, precision: str, sample: np.ndarr
     for name, buf in buffers.items():
         context.set_tensor_address(name, buf.data_ptr())
     stream = torch.cuda.current_stream()
-
-    def once() -> float:
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        context.execute_async_v3(stream.cuda_stream)
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    for _ in range(warmup):
-        once()
-    return lambda runs: float(np.median([once() for _ in range(runs)]) * 1e3)
+    engine_graph = SimpleNamespace(predict=lambda _x: context.execute_async_v3(stream.cuda_stream))
+    latency_samples(engine_graph, x, warmup, torch.cuda.synchronize)
+    return lambda runs: float(np.median(latency_samples(engine_graph, x, runs, torch.cuda.synchronize)) * 1e3)
