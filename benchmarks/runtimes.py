@@ -50,12 +50,12 @@ def main() -> None:
             if not path.is_file():
                 console.print(f"[yellow]missing {path}: skipped[/]")
                 continue
-            rt, spec, _ = open_runtime(path, threads=dep.threads)
+            rt, info = open_runtime(path, threads=dep.threads)
             preds = predict(rt, test_set, batch_size=dep.throughput_batch)
             row = {"model": name, "runtime": runtime, "ap": classification_metrics(preds.labels, preds.scores)["ap"],
                    **preds.throughput()}
             if runtime == "torch":
-                row["macs"] = macs_and_params(load_checkpoint(path).model, spec.height, spec.width)[0]
+                row["macs"] = macs_and_params(load_checkpoint(path).model, info.spec.height, info.spec.width)[0]
             rows.append(row)
             runtimes.append(rt)
     # One interleaved measurement of every model x runtime: drift in a noisy machine's speed hits all alike.

@@ -26,6 +26,10 @@ def test_repository_configs_load():
         ({"prune": {"methods": ["naive_l2"]}}, "prune.methods"),
         ({"prune": {"ratios": [0.2, 1.0]}}, "prune.ratios"),
         ({"prune": {"c3_lambda": 2}}, "prune.c3_lambda"),
+        ({"deploy": {"int8_calibrations": ["kl"]}}, "deploy.int8_calibrations"),
+        ({"deploy": {"int8_calibrations": []}}, "deploy.int8_calibrations"),
+        ({"deploy": {"int8_fp32_candidates": ["stem"]}}, "deploy.int8_fp32_candidates"),
+        ({"deploy": {"int8_ap_tolerance": -0.1}}, "deploy.int8_ap_tolerance"),
     ],
 )
 def test_bad_values_name_the_key(raw, key):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from segdec_prune.checkpoint import InputSpec, save_checkpoint
-from segdec_prune.deploy import build_artifact, build_run, onnx_input_spec, open_runtime
+from segdec_prune.deploy import build_artifact, onnx_info, open_runtime
+from segdec_prune.int8 import Int8Search
 from segdec_prune.data.dataset import KSDD2Dataset, load_split
 from segdec_prune.data.ksdd2 import Preprocessing
 from segdec_prune.evaluation import interleaved_latency, measure_latency, predict
@@ -25,6 +26,12 @@ from .conftest import SIZE, SMALL
 @pytest.fixture(scope="module")
 def images(batches):
     return torch.cat([b["image"] for b in batches]).numpy()
+
+
+@pytest.fixture(scope="module")
+def val_set(tiny_synth):
+    """Stands in for a validation split (the tiny test split: both classes, 16 images)."""
+    return KSDD2Dataset(load_split(tiny_synth, "test", Preprocessing(*SIZE)))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,7 @@ def test_export_matches_pytorch_with_dynamic_batch(run_dir, name, trained, image
     np.testing.assert_allclose(dec, ref_dec, atol=1e-3, rtol=1e-3)
     np.testing.assert_allclose(seg, ref_seg, atol=1e-3, rtol=1e-3)
     assert seg.shape == (5, 1, 16, 8)
-    assert onnx_input_spec(run_dir / "onnx" / f"{name}.onnx")[0].height == 128
+    assert onnx_info(run_dir / "onnx" / f"{name}.onnx").spec.height == 128
 
 
 def test_export_check_fails_loudly(trained, images, caplog):
@@ -78,11 +85,16 @@ def test_int8_runs_and_tracks_fp32(run_dir, images, trained):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
 
 
-def test_build_run_onnxruntime_and_open_runtime(run_dir, images):
-    built = build_run(run_dir, "onnxruntime", "int8", images)
-    assert sorted(p.name for p in built) == ["baseline_best_int8.onnx", "naive_l1_r50_int8.onnx"]
-    rt, spec, _ = open_runtime(built[1], threads=1)
-    assert rt.precision == "int8" and spec.width == 64
+def test_build_int8_and_open_runtime(run_dir, images, val_set):
+    search = Int8Search(calibrations=("minmax",), fp32_candidates=())
+    built = [build_artifact(run_dir, n, "onnxruntime", "int8", images, search, val_set)
+             for n in ("baseline_best", "naive_l1_r50")]
+    assert [p.name for p in built] == ["baseline_best_int8.onnx", "naive_l1_r50_int8.onnx"]
+    rt, info = open_runtime(built[1], threads=1)
+    assert rt.precision == "int8" and info.spec.width == 64
+    assert info.metadata["int8"]["calibration"] == "minmax" and info.threshold.source.endswith("(INT8 model)")
+    with pytest.raises(ValueError, match="validation split"):
+        build_artifact(run_dir, "baseline_best", "onnxruntime", "int8", images)
     with pytest.raises(ValueError, match="onnxruntime builds fp32, int8"):
         build_artifact(run_dir, "baseline_best", "onnxruntime", "fp16", None)
     with pytest.raises(FileNotFoundError, match="export"):
@@ -118,7 +130,7 @@ def test_latency_is_interleaved_across_models():
 @pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and a GPU are present")
 def test_tensorrt_reports_skip_without_gpu(run_dir):
     with pytest.raises(TensorRTUnavailable, match="tensorrt skipped: "):
-        build_run(run_dir, "tensorrt", "fp16", None)
+        build_artifact(run_dir, "baseline_best", "tensorrt", "fp16", None)
 
 
 @pytest.mark.gpu

@@ -28,6 +28,7 @@ def _config(tiny_synth, tmp_path, budgets: str = ""):
         '[prune]\nmethods = ["naive_l1", "ours_c2"]\nratios = [0.5]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
         f'{budgets}'
         '[deploy]\ncalibration_images = 8\nruns = 3\nwarmup = 1\nthroughput_batch = 2\n'
+        'int8_calibrations = ["minmax", "entropy"]\nint8_fp32_candidates = ["seg_head", "decision_head"]\n'
         f'[run]\nname = "p"\ndir = "{tmp_path / "runs"}"\n'
     )
     return cfg
@@ -45,7 +46,7 @@ def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
     assert r.exit_code == 0, r.output
     assert "latency-table:onnxruntime-fp32: done" in r.output and "reused" in r.output
     res = json.loads((run / "real_evaluation_results.json").read_text())
-    assert res["schema_version"] == 2 and res["libraries"]["torch"]
+    assert res["schema_version"] == 3 and res["libraries"]["torch"]
     models = {x["model"] for x in res["records"]}
     budget_name = f"naive_l1_t{target:g}ms".replace(".", "p")
     assert models == {"baseline_best", "naive_l1_r50", "ours_c2_r50", "naive_l1_m30", budget_name}
@@ -56,6 +57,12 @@ def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
         rec = by[name, "onnxruntime", "fp32"]
         assert rec["predicted_latency_ms"] > 0 and rec["latency_prediction_error"] is not None
         assert by[name, "onnxruntime", "int8"]["predicted_latency_ms"] is None  # no INT8 table was measured
+    for name in models:  # every model at its own validation threshold; INT8 chosen and recorded
+        thr = load_checkpoint(run / "models" / f"{name}.pth").threshold
+        assert by[name, "torch", "fp32"]["threshold"] == by[name, "onnxruntime", "fp32"]["threshold"] == thr.value
+        choice = by[name, "onnxruntime", "int8"]["int8"]
+        assert choice["calibration"] in ("minmax", "entropy") and len(choice["candidates"]) == 2 + 2 + 1
+        assert by[name, "onnxruntime", "int8"]["threshold_source"] == "validation best-F1 (INT8 model)"
     meta = load_checkpoint(run / "models" / f"{budget_name}.pth").metadata
     assert meta["ratio"] is None and meta["plan"]["budget"]["value"] == target and meta["plan"]["measured_plan_ms"] > 0
     assert {(x["runtime"], x["dtype"]) for x in res["records"]} == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}

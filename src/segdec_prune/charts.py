@@ -91,17 +91,23 @@ def pareto(records: list[dict], path: Path) -> Path:
     rows = [r for r in records if r["runtime"] == "onnxruntime"] or records
     front = pareto_front(records)
     color = _colors(sorted({r["method"] for r in rows}, key=lambda m: (m != "baseline", m)))
-    fig, a = plt.subplots(figsize=(10, 6.5))
+    fig, a = plt.subplots(figsize=(10, 8))
     for r in rows:
         a.scatter(r["latency_ms_median"], r["ap"], color=color[r["method"]], marker=MARKERS.get((r["runtime"], r["dtype"]), "x"))
     a.plot([r["latency_ms_median"] for r in front], [r["ap"] for r in front], "-", color="red", lw=1.5, label="Pareto front")
-    for r in front:
-        a.annotate(f"{r['model']} {r['dtype']}", (r["latency_ms_median"], r["ap"]), fontsize=8, xytext=(4, -10),
+    lines = []  # the operating point a deployment gets: each model's validation threshold, not the test-optimal one
+    for k, r in enumerate(front, 1):
+        a.annotate(str(k), (r["latency_ms_median"], r["ap"]), fontsize=8, fontweight="bold", xytext=(4, 4),
                    textcoords="offset points")
+        lines.append(f"{k}  {r['model']} {r['dtype']}: AP {r['ap']:.3f}, {r['latency_ms_median']:.1f} ms, F1 {r['f1']:.2f}, "
+                     f"FP/FN {r['fp_at_threshold']}/{r['fn_at_threshold']} at {r['threshold']:.2f}")
+    a.text(0.0, -0.1, "Pareto front (F1, FP/FN at the model's validation threshold)\n" + "\n".join(lines),
+           transform=a.transAxes, fontsize=7.5, ha="left", va="top", family="monospace",
+           bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
     for m, c in color.items():
         a.scatter([], [], color=c, label=m)
     a.set(xlabel="batch-1 CPU latency, median (ms)", ylabel="test AP", title="Which model to ship: ONNX Runtime on the CPU")
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="upper right")
     return _save(fig, path)
 
 
@@ -126,15 +132,16 @@ def qualitative(cfg: Config, records: list[dict], path: Path, n: int = 6) -> Pat
     preds = {}
     for r in (base, pick):
         dec, seg = TorchRuntime(load_checkpoint(cfg.run_dir / "models" / f"{r['model']}.pth").model).predict(images)
-        preds[r["model"]] = (sigmoid(dec), sigmoid(seg[:, 0]))
+        preds[r["model"]] = (sigmoid(dec), sigmoid(seg[:, 0]), r["threshold"])
     fig, ax = plt.subplots(4, len(idx), figsize=(1.9 * len(idx) + 1, 13), squeeze=False)
     rows = ["input", "ground truth", *(f"{name}\n(defect probability)" for name in preds)]
     for k, i in enumerate(idx):
         s = ds.samples[int(i)]
         h, w = s["mask_full"].shape
         panels = [(s["image"][:, :, ::-1], f"{s['id']}"), (s["mask_full"], "")]
-        for score, seg in preds.values():
-            panels.append((cv2.resize(seg[k], (w, h)), f"score {score[k]:.2f}"))
+        for score, seg, thr in preds.values():
+            call = "defect" if score[k] >= thr else "missed"
+            panels.append((cv2.resize(seg[k], (w, h)), f"score {score[k]:.2f}: {call}"))
         for j, (img, title) in enumerate(panels):
             a = ax[j, k]
             a.imshow(img, cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=255 if img.ndim == 3 else 1)
@@ -143,7 +150,9 @@ def qualitative(cfg: Config, records: list[dict], path: Path, n: int = 6) -> Pat
             a.set_yticks([])
             if k == 0:
                 a.set_ylabel(rows[j], fontsize=9)
-    fig.suptitle("Defective test images (white = defect); score = image-level defect probability")
+    thr = ", ".join(f"{name} {t:.2f}" for name, (_, _, t) in preds.items())
+    fig.suptitle("Defective test images (white = defect); score = image-level defect probability, called a defect at "
+                 f"the model's validation threshold ({thr})")
     return _save(fig, path)
 
 

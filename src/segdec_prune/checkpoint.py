@@ -19,6 +19,7 @@ from .model import SegDecNet, Widths, widths_from_state_dict
 
 FORMAT = "segdec-prune/checkpoint"
 FORMAT_VERSION = 1
+DEFAULT_THRESHOLD = 0.5  # for files that store no validation threshold (said so wherever it is used)
 
 
 class CheckpointError(ValueError):
@@ -45,11 +46,37 @@ class InputSpec:
         return Preprocessing(height=self.height, width=self.width, channels=self.channels, dilate=self.dilate)
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """A model's operating point: the score above which an image is called defective.
+
+    Chosen where model selection happens, on the validation split (best F1 there), so the test
+    split never sets it; stored in the checkpoint, the ONNX metadata and the model card."""
+
+    value: float
+    source: str = "validation best-F1"
+    f1: float | None = None  # the validation F1 at that threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Threshold | None":
+        if not isinstance(d, dict) or not isinstance(d.get("value"), (int, float)):
+            return None
+        return cls(float(d["value"]), str(d.get("source", "")), d.get("f1"))
+
+
 @dataclass
 class Checkpoint:
     model: SegDecNet
     input_spec: InputSpec
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> Threshold | None:
+        """The decision threshold train/prune chose on the validation split (None: not stored)."""
+        return Threshold.from_dict(self.metadata.get("threshold"))
 
     @property
     def data_root(self) -> str:

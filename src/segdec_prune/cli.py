@@ -13,7 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
+from rich.table import Table
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, load_config
@@ -25,7 +25,7 @@ app = typer.Typer(help="Channel-pruning pipeline for SegDecNet on KolektorSDD2."
 data_app = typer.Typer(help="Data sets: synthesise, download, check.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)  # ModelFileError: a ValueError
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. --set train.epochs=3 (repeatable).")]
@@ -46,7 +46,7 @@ def _fail(exc: Exception | str) -> None:
 
 
 def _counter(description: str) -> Progress:
-    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    return Progress(TextColumn(description + " {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
 
 
 @data_app.command("synth")
@@ -244,27 +244,9 @@ def profile(config: ConfigOpt, set_: SetOpt = None) -> None:
     console.print(f"wrote {cfg.run_dir / 'profiling_results.json'}")
 
 
-def _records_table(records: list[dict], title: str, full: bool = True) -> Table:
-    """Model x runtime rows; `full=False` keeps what decides a deployment and fits 80 columns."""
-    def num(v, fmt: str) -> str:
-        return "-" if v is None or v != v else format(v, fmt)
-
-    cols = {"AP": lambda r: num(r["ap"], ".3f"), "AUROC": lambda r: num(r["auroc"], ".3f"),
-            "F1*": lambda r: num(r["best_f1"], ".3f"), "FP/FN*": lambda r: f"{r['fp_at_best']}/{r['fn_at_best']}",
-            "Dice": lambda r: num(r["dice"], ".3f"), "ms b1": lambda r: num(r["latency_ms_median"], ".1f"),
-            "speedup": lambda r: num(r["speedup_vs_baseline"], ".2f") + "x" * bool(r["speedup_vs_baseline"]),
-            "MACs -": lambda r: num(r["mac_reduction"], ".0%")}
-    if not full:
-        cols = {k: f for k, f in cols.items() if k not in ("AUROC", "Dice")}
-    table = Table(Column("model", no_wrap=True), Column("runtime" if full else "dtype", no_wrap=True),
-                  *(Column(k, no_wrap=True, justify="right") for k in cols), title=title, box=box.SIMPLE_HEAD)
-    for r in records:
-        table.add_row(r["model"], f"{r['runtime']} {r['dtype']}" if full else r["dtype"], *(f(r) for f in cols.values()))
-    return table
-
-
 def _evaluate_run(config: Path, set_: list[str] | None) -> None:
     from .results import RESULTS_FILE, evaluate_run
+    from .tables import records_table
     from .training import new_progress
 
     try:
@@ -274,7 +256,8 @@ def _evaluate_run(config: Path, set_: list[str] | None) -> None:
             result = evaluate_run(cfg, lambda step: bar.update(task, advance=1, info=step))
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    console.print(_records_table(result["records"], f"test set, {cfg.deploy.threads} threads (* at the best-F1 threshold)"))
+    console.print(records_table(result["records"], f"test set, {cfg.deploy.threads} threads; F1, FP/FN at each model's "
+                                "validation threshold; F1 test-opt. at the test split's own best threshold (optimistic)"))
     for s in result["skipped"]:
         console.print(f"skipped {s.get('model', '')} {s['runtime']}: {s['reason']}", markup=False, highlight=False)
     console.print(f"wrote {cfg.run_dir / RESULTS_FILE}")
@@ -304,9 +287,9 @@ def evaluate(
     try:
         if not model.is_file():
             raise FileNotFoundError(f"{'checkpoint' if model.suffix == '.pth' else 'model'} not found: {model}")
-        runtime, spec, recorded_root = open_runtime(model, threads)
-        root = data or Path(recorded_root)
-        if not recorded_root and data is None:
+        runtime, info = open_runtime(model, threads)
+        spec, root = info.spec, data or Path(info.data_root)
+        if not info.data_root and data is None:
             raise DatasetError("this model does not record its data set; pass --data")
         with _counter(f"loading {split}") as bar:
             task = bar.add_task("", total=None)
@@ -316,19 +299,82 @@ def evaluate(
     t0 = time.perf_counter()
     preds = predict(runtime, dataset, batch_size)
     try:
-        metrics = evaluate_predictions(preds, dataset)
+        metrics = evaluate_predictions(preds, dataset, info.decision_threshold)
     except ValueError as exc:
         _fail(exc)
     metrics["seconds"] = time.perf_counter() - t0
-    table = Table("metric", "value", title=f"{model.name} ({runtime.name}) on {root}/{split}")
-    for key in ("ap", "ap_paper", "auroc", "best_f1", "best_threshold", "fp_at_best", "fn_at_best", "precision",
-                "recall", "f1", "fnr", "fp_at_threshold", "fn_at_threshold", "dice", "iou", "images", "positives"):
+    metrics["threshold_source"] = info.threshold_source
+    table = Table("metric", "value", title=f"{model.name} ({runtime.name}) on {root}/{split}", box=box.SIMPLE_HEAD)
+    for key in ("ap", "ap_paper", "auroc", "threshold", "threshold_source", "precision", "recall", "f1", "fnr",
+                "fp_at_threshold", "fn_at_threshold", "best_threshold", "best_f1", "fp_at_best", "fn_at_best",
+                "dice", "iou", "images", "positives"):
         v = metrics[key]
-        table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+        label = {"threshold": "threshold (the model's)", "best_threshold": "best_threshold (test-optimal)"}.get(key, key)
+        table.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v))
     console.print(table)
+    console.print(f"P/R/F1/FP/FN at the model's threshold {metrics['threshold']:.3f} ({info.threshold_source}); "
+                  "best_* at the test-optimal threshold, which is optimistic")
     if output:
         write_json({"model": str(model), "runtime": runtime.name, "data": str(root), "split": split, **metrics}, output)
         console.print(f"wrote {output}")
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files (png, jpg, bmp, tif) and/or folders of them.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pth), ONNX file (FP32 or INT8) or TensorRT engine.")],
+    out: Annotated[Path, typer.Option(help="Folder for predictions.csv (and overlays/).")] = Path("predictions"),
+    threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Decision threshold (default: the "
+                         "model's validation best-F1 threshold).")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Images per runtime call.")] = 8,
+    threads: Annotated[int, typer.Option(min=0, help="Intra-op threads (0 = runtime default).")] = 0,
+    overlays: Annotated[bool, typer.Option(help="Also write one PNG per image: the defect map over it, native size.")] = False,
+) -> None:
+    """Score new images: OUT/predictions.csv (path, score, defective, threshold, ms); exit 1 if any image was unreadable."""
+    from .deploy import open_runtime
+    from .predict import collect_images, predict_images
+
+    try:
+        paths = collect_images(inputs)
+        runtime, info = open_runtime(model, threads)
+    except (*USER_ERRORS, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    thr = info.decision_threshold if threshold is None else threshold
+    source = "given with --threshold" if threshold is not None else info.threshold_source
+    console.print(f"{model.name} ({runtime.name}), input {info.spec.height}x{info.spec.width}; threshold {thr:.4f} ({source})",
+                  markup=False, highlight=False)
+    if threshold is None and info.threshold is None:
+        console.print("[yellow]note:[/] this file stores no validation threshold: 0.5 is a guess, not an operating "
+                      "point (re-export it from a run, or pass --threshold)")
+    with _counter("predicting") as bar:
+        task = bar.add_task("", total=len(paths))
+        report = predict_images(runtime, info.spec, paths, out, thr, batch, overlays, lambda n: bar.update(task, completed=n))
+    for path, why in report.skipped:
+        console.print(f"[yellow]warning:[/] skipped {path}: {why}", highlight=False)
+    defects = sum(r["defective"] == "yes" for r in report.rows)
+    console.print(f"{len(report.rows)} images scored, {defects} defective at {thr:.4f}"
+                  + (f", {len(report.skipped)} skipped" if report.skipped else "")
+                  + (f" -> {report.csv}" if report.csv else "; nothing written"), highlight=False)
+    if report.skipped:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bundle(
+    config: ConfigOpt,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name in the run, e.g. ours_c4_m20 or baseline_best.")],
+    out: Annotated[Path, typer.Option(help="Bundle folder (replaced if it holds an older bundle).")],
+    set_: SetOpt = None,
+) -> None:
+    """A deployable folder: FP32 + INT8 ONNX, model_card.json, predict_onnx.py (onnxruntime + opencv + numpy only)."""
+    from .bundle import make_bundle
+
+    try:
+        files = make_bundle(load_config(config, set_), model, out)
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    for f in files:
+        console.print(f"wrote {f}")
 
 
 @app.command()
@@ -339,36 +385,40 @@ def export(
     data: Annotated[Optional[Path], typer.Option(help="Data for the numerical check (default: the model's).")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Export to ONNX and check it against PyTorch on real preprocessed images."""
-    from .deploy import check_images, export_checkpoint, model_paths, onnx_path
+    """Export to ONNX and check it against PyTorch on real preprocessed images; the model's
+    validation threshold goes into the ONNX metadata."""
+    from .deploy import check_images, export_checkpoint, model_paths
     from .export import ATOL, RTOL, ExportCheckError
+    from .stages import RunState, export_model
 
     try:
         if (config is None) == (model is None):
             raise ConfigError("give either --config (every model of the run) or --model with --output")
         if config is not None:
-            cfg = load_config(config, set_)
-            jobs = [(p, onnx_path(cfg.run_dir, p.stem)) for p in model_paths(cfg.run_dir)]
-            if not jobs:
-                raise FileNotFoundError(f"no checkpoints in {cfg.run_dir / 'models'}")
+            state = RunState(load_config(config, set_))
+            names = [p.stem for p in model_paths(state.cfg.run_dir)]
+            if not names:
+                raise FileNotFoundError(f"no checkpoints in {state.cfg.run_dir / 'models'}")
+            jobs = [lambda n=n: (n, *export_model(state, n)) for n in names]
         else:
             if output is None:
                 raise ConfigError("--model needs --output FILE.onnx")
-            jobs = [(model, output)]
-        first = load_checkpoint(jobs[0][0])
-        root = data or Path(first.data_root)
-        images = check_images(root, first.input_spec)
+            ckpt = load_checkpoint(model)
+            images = check_images(data or Path(ckpt.data_root), ckpt.input_spec)
+            jobs = [lambda: (model.stem, export_checkpoint(ckpt, model.stem, images, output), ckpt.threshold)]
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    table = Table("model", "ONNX", "max |diff| decision", "max |diff| segmentation", title=f"ONNX export (atol {ATOL}, rtol {RTOL})")
+    table = Table("model", "ONNX", "max |diff| dec / seg", "threshold", title=f"ONNX export (atol {ATOL}, rtol {RTOL})")
     with _counter("exporting") as bar:
         task = bar.add_task("", total=len(jobs))
-        for src, dst in jobs:
+        for job in jobs:
             try:
-                rep = export_checkpoint(load_checkpoint(src), src.stem, images, dst)
-            except (CheckpointError, ExportCheckError) as exc:
-                _fail(f"{src}: {exc}")
-            table.add_row(src.stem, str(dst), f"{rep.max_abs_diff_decision:.2e}", f"{rep.max_abs_diff_segmentation:.2e}")
+                name, rep, thr = job()
+            except (*USER_ERRORS, ExportCheckError, ValueError) as exc:
+                bar.stop()
+                _fail(exc)
+            where = f"{thr.value:.3f} ({thr.source})" if thr else "none stored: 0.5 will be used"
+            table.add_row(name, str(rep.path), f"{rep.max_abs_diff_decision:.1e} / {rep.max_abs_diff_segmentation:.1e}", where)
             bar.advance(task)
     console.print(table)
 
@@ -393,29 +443,34 @@ def build(
     precision: Annotated[str, typer.Option(help="onnxruntime: fp32, int8; tensorrt: fp32, fp16, int8.")] = "fp32",
     set_: SetOpt = None,
 ) -> None:
-    """Build a runtime artifact for every exported model of the run."""
+    """Build a runtime artifact for every exported model of the run (ONNX Runtime INT8: the
+    calibration and FP32 layers chosen on the validation split)."""
     from .calibration import calibration_path, load_calibration
-    from .deploy import build_run, check_runtime
+    from .deploy import check_runtime, model_paths
     from .runtimes.tensorrt_runtime import unavailable_reason
+    from .stages import RunState, build_model, int8_line
 
     try:
-        cfg = load_config(config, set_)
+        state = RunState(load_config(config, set_))
         check_runtime(runtime, precision)
-        calib = load_calibration(calibration_path(cfg)) if precision == "int8" else None
+        calib = load_calibration(calibration_path(state.cfg)) if precision == "int8" else None
+        names = [p.stem for p in model_paths(state.cfg.run_dir)]
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
     if runtime == "tensorrt" and (reason := unavailable_reason()):
         console.print(f"tensorrt skipped: {reason}", markup=False, highlight=False)
         raise typer.Exit(3)
-    try:
-        with _counter(f"building {runtime} {precision}") as bar:
-            task = bar.add_task("", total=None)
-            built = build_run(cfg.run_dir, runtime, precision, calib, cfg.deploy.int8_op_types,
-                              lambda name, path: bar.advance(task))
-    except (*USER_ERRORS, ValueError, RuntimeError) as exc:  # TensorRTUnavailable, a damaged ONNX file ...
-        _fail(exc)
-    for path in built:
-        console.print(f"built {path}")
+    with _counter(f"building {runtime} {precision}") as bar:
+        task = bar.add_task("", total=len(names))
+        for name in names:
+            try:
+                path, choice = build_model(state, name, runtime, precision, calib,
+                                           lambda what, name=name: bar.update(task, description=f"{name}: {what}"))
+            except (*USER_ERRORS, ValueError, RuntimeError) as exc:  # TensorRTUnavailable, a damaged ONNX file ...
+                bar.stop()
+                _fail(exc)
+            bar.console.print(f"built {path}" + (f": {int8_line(choice)}" if choice else ""), markup=False, highlight=False)
+            bar.advance(task)
 
 
 @app.command()
@@ -441,8 +496,9 @@ def run(
 ) -> None:
     """The whole pipeline, resumable: steps whose inputs and settings are unchanged are skipped."""
     from .pipeline import Manifest, execute, machine
-    from .results import RESULTS_FILE, library_versions, pareto_front
+    from .results import RESULTS_FILE, library_versions
     from .stages import RunState, plan
+    from .tables import ship_table
     from .training import new_progress
 
     try:
@@ -496,12 +552,8 @@ def run(
     for reason in reasons:
         console.print(f"unavailable here: {reason}", markup=False, highlight=False)
     results = cfg.run_dir / RESULTS_FILE
-    front = pareto_front(records := json.loads(results.read_text())["records"]) if results.is_file() else []
-    if front:
-        base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == front[0]["runtime"]]
-        title = (f"which model to ship ({front[0]['runtime']}): the baseline, then the Pareto front of test AP vs "
-                 "batch-1 latency (* at the best-F1 threshold)")
-        console.print(_records_table(base + [r for r in front if r not in base], title, full=False))
+    if results.is_file() and (table := ship_table(json.loads(results.read_text())["records"])):
+        console.print(table)
     console.print(f"results: {results}\ncharts:  {cfg.run_dir / 'charts'}\n"
                   f"manifest: {cfg.run_dir / 'manifest.json'}")
 

@@ -20,7 +20,7 @@ else:  # pragma: no cover
 
 from .model import decision_map_size
 from .pruning.methods import METHODS
-from .runtimes.base import RUNTIMES
+from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS, RUNTIMES
 
 
 class ConfigError(ValueError):
@@ -169,6 +169,10 @@ class DeployConfig:
     calibration_images: int = 64  # preprocessed training images kept for INT8 calibration
     calibration_positive_fraction: float = 0.5
     int8_op_types: list = field(default_factory=lambda: ["Conv"])  # ONNX ops ORT quantizes
+    # ONNX Runtime INT8 is chosen per model on the validation split (README "INT8 that keeps AP"):
+    int8_calibrations: list = field(default_factory=lambda: list(INT8_CALIBRATIONS))  # methods tried
+    int8_fp32_candidates: list = field(default_factory=lambda: list(FP32_GROUPS))  # layers that may stay FP32
+    int8_ap_tolerance: float = 0.005  # validation AP below FP32's that still counts as kept
     threads: int = 2  # fixed intra-op threads for every latency figure
     warmup: int = 5
     runs: int = 30  # timed batch-1 runs per model and runtime
@@ -180,6 +184,13 @@ class DeployConfig:
         f = self.calibration_positive_fraction
         _require("deploy.calibration_positive_fraction", 0 <= f <= 1, f"must be in [0, 1], got {f}")
         _require("deploy.int8_op_types", bool(self.int8_op_types), "must name at least one ONNX op type")
+        cal, groups = self.int8_calibrations, self.int8_fp32_candidates
+        _require("deploy.int8_calibrations", bool(cal) and all(c in INT8_CALIBRATIONS for c in cal),
+                 f"must name one or more of {', '.join(INT8_CALIBRATIONS)}, got {cal}")
+        _require("deploy.int8_fp32_candidates", all(g in FP32_GROUPS for g in groups),
+                 f"must name layer groups among {', '.join(FP32_GROUPS)}, got {groups}")
+        _require("deploy.int8_ap_tolerance", 0 <= self.int8_ap_tolerance < 1,
+                 f"must be in [0, 1), got {self.int8_ap_tolerance}")
         _require("deploy.threads", self.threads >= 1, f"must be >= 1, got {self.threads}")
         _require("deploy.runs", self.runs >= 3, f"must be >= 3, got {self.runs}")
         _require("deploy.warmup", self.warmup >= 0, f"must be >= 0, got {self.warmup}")

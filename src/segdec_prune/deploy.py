@@ -1,6 +1,6 @@
 """Deployment artifacts of a run: verified ONNX files, INT8 ONNX files, TensorRT engines.
 
-    models/{name}.pth -> onnx/{name}.onnx -> onnx/{name}_int8.onnx        (ONNX Runtime, CPU; U8S8)
+    models/{name}.pth -> onnx/{name}.onnx -> onnx/{name}_int8.onnx  (ONNX Runtime, CPU; U8S8; chosen on validation, int8.py)
                                           -> engines/{name}_fp16.engine     (TensorRT)
                                           -> engines/{name}_int8_qdq.onnx -> engines/{name}_int8.engine
                                              (symmetric S8S8 Q/DQ for TensorRT's explicit quantization)
@@ -9,16 +9,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from .checkpoint import Checkpoint, InputSpec, load_checkpoint
+from .artifacts import atomic_write
+from .checkpoint import DEFAULT_THRESHOLD, Checkpoint, InputSpec, Threshold, load_checkpoint
 from .export import export_and_verify
 from .runtimes.base import RUNTIMES
+
+if TYPE_CHECKING:
+    from .data.dataset import KSDD2Dataset
+    from .int8 import Int8Search
+
+PREFIX = "segdec_prune."  # ONNX metadata keys
 
 
 def model_paths(run_dir: Path) -> list[Path]:
@@ -35,12 +43,33 @@ def engine_path(run_dir: Path, name: str, precision: str) -> Path:
     return run_dir / "engines" / f"{name}_{precision}.engine"
 
 
-def export_checkpoint(ckpt: Checkpoint, name: str, images: np.ndarray, out: Path):
-    """Export + verify one model; records its input spec in the ONNX metadata."""
+def export_checkpoint(ckpt: Checkpoint, name: str, images: np.ndarray, out: Path, threshold: Threshold | None = None):
+    """Export + verify one model; records its input spec, data root and decision threshold
+    (`threshold`, default the checkpoint's) in the ONNX metadata."""
     spec = ckpt.input_spec
-    meta = {"segdec_prune.name": name, "segdec_prune.input_spec": json.dumps(asdict(spec)),
-            "segdec_prune.data_root": ckpt.data_root}
+    meta = {"name": name, "input_spec": json.dumps(asdict(spec)), "data_root": ckpt.data_root}
+    if threshold := threshold or ckpt.threshold:
+        meta["threshold"] = json.dumps(threshold.to_dict())
+    meta = {PREFIX + k: v for k, v in meta.items()}
     return export_and_verify(ckpt.model, spec.height, spec.width, images, out, meta)
+
+
+@dataclass
+class ModelInfo:
+    """What a model file says about itself: input spec, training data, decision threshold."""
+
+    spec: InputSpec
+    data_root: str = ""
+    threshold: Threshold | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # everything else recorded (e.g. the INT8 choice)
+
+    @property
+    def decision_threshold(self) -> float:
+        return self.threshold.value if self.threshold else DEFAULT_THRESHOLD
+
+    @property
+    def threshold_source(self) -> str:
+        return self.threshold.source if self.threshold else f"default {DEFAULT_THRESHOLD} (none stored)"
 
 
 class ModelFileError(ValueError):
@@ -62,12 +91,25 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelFileError(f"cannot read {path}: not an ONNX model, or truncated/damaged ({_first(exc)})") from None
 
 
-def onnx_input_spec(path: str | Path) -> tuple[InputSpec, str]:
-    """The input spec and data root recorded at export."""
-    props = {p.key: p.value for p in load_onnx(path).metadata_props}
-    if "segdec_prune.input_spec" not in props:
-        raise ValueError(f"{path} was not exported by segdec-prune (no input spec in its metadata)")
-    return InputSpec.from_dict(json.loads(props["segdec_prune.input_spec"])), props.get("segdec_prune.data_root", "")
+def onnx_info(path: str | Path) -> ModelInfo:
+    """What export (and the INT8 build) recorded in the ONNX metadata."""
+    props = {p.key[len(PREFIX):]: p.value for p in load_onnx(path).metadata_props if p.key.startswith(PREFIX)}
+    if "input_spec" not in props:
+        raise ModelFileError(f"{path} was not exported by segdec-prune (no input spec in its metadata)")
+    meta = {k: _json_or_text(v) for k, v in props.items() if k not in ("input_spec", "data_root", "threshold")}
+    return ModelInfo(InputSpec.from_dict(json.loads(props["input_spec"])), props.get("data_root", ""),
+                     Threshold.from_dict(_json_or_text(props.get("threshold", "null"))), meta)
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def checkpoint_info(ckpt: Checkpoint) -> ModelInfo:
+    return ModelInfo(ckpt.input_spec, ckpt.data_root, ckpt.threshold, {"name": ckpt.metadata.get("name")})
 
 
 def check_runtime(runtime: str, precision: str) -> None:
@@ -78,57 +120,67 @@ def check_runtime(runtime: str, precision: str) -> None:
 
 
 def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calibration: np.ndarray | None,
-                   int8_op_types: Sequence[str] = ("Conv",)) -> Path:
-    """Build one model's artifact for a runtime and precision from its verified ONNX file."""
+                   search: "Int8Search | None" = None, validation: "KSDD2Dataset | None" = None,
+                   on_candidate: Callable[[str], None] | None = None) -> Path:
+    """Build one model's artifact for a runtime and precision from its verified ONNX file.
+
+    ONNX Runtime INT8 searches calibration methods and FP32 layers on `validation` (int8.py);
+    TensorRT INT8 uses the search's first calibration method, all convolutions INT8."""
+    from .int8 import Int8Search
+
     check_runtime(runtime, precision)
+    search = search or Int8Search()
     fp32 = onnx_path(run_dir, name)
     if not fp32.is_file():
         raise FileNotFoundError(f"no ONNX file {fp32}; run `segdec-prune export --config ...` first")
-    spec, _ = onnx_input_spec(fp32)
-    if precision == "int8":
-        if calibration is None:
-            raise FileNotFoundError("INT8 needs the calibration set; run `segdec-prune calibrate --config ...` first")
-        from .runtimes.onnxruntime_runtime import quantize_int8
-
-        q = onnx_path(run_dir, name, "int8") if runtime == "onnxruntime" else engine_path(run_dir, name, "int8_qdq")
-        quantize_int8(fp32, q.with_suffix(".onnx"), calibration, int8_op_types, for_tensorrt=runtime == "tensorrt")
+    spec = onnx_info(fp32).spec
+    if precision == "int8" and calibration is None:
+        raise FileNotFoundError("INT8 needs the calibration set; run `segdec-prune calibrate --config ...` first")
     if runtime == "onnxruntime":
         from .runtimes.onnxruntime_runtime import OnnxRuntime
 
         out = onnx_path(run_dir, name, precision)
+        if precision == "int8":
+            if validation is None:
+                raise ValueError("ONNX Runtime INT8 is chosen on the validation split: pass it")
+            build_int8(fp32, out, calibration, validation, search, on_candidate)
         OnnxRuntime(out, threads=1)  # it must load, or it does not count as built
         return out
-    from .runtimes.tensorrt_runtime import build_engine
+    from .runtimes.onnxruntime_runtime import quantize_int8
+    from .runtimes.tensorrt_runtime import TensorRTUnavailable, build_engine, unavailable_reason
 
-    source = engine_path(run_dir, name, "int8_qdq").with_suffix(".onnx") if precision == "int8" else fp32
+    if reason := unavailable_reason():
+        raise TensorRTUnavailable(f"tensorrt skipped: {reason}")
+    source = fp32
+    if precision == "int8":
+        source = engine_path(run_dir, name, "int8_qdq").with_suffix(".onnx")
+        quantize_int8(fp32, source, calibration, search.op_types, for_tensorrt=True, method=search.calibrations[0])
     return build_engine(source, engine_path(run_dir, name, precision), precision, (spec.channels, spec.height, spec.width))
 
 
-def build_run(run_dir: Path, runtime: str, precision: str, calibration: np.ndarray | None,
-              int8_op_types: Sequence[str] = ("Conv",), on_model: Callable[[str, Path], None] | None = None) -> list[Path]:
-    check_runtime(runtime, precision)
-    if runtime == "tensorrt":
-        from .runtimes.tensorrt_runtime import TensorRTUnavailable, unavailable_reason
+def build_int8(fp32: Path, out: Path, calibration: np.ndarray, validation: "KSDD2Dataset", search: "Int8Search",
+               on_candidate: Callable[[str], None] | None = None) -> Path:
+    """The validation-chosen INT8 model, with the FP32 file's metadata plus the choice and its own threshold."""
+    from .int8 import choose_int8
 
-        if reason := unavailable_reason():
-            raise TensorRTUnavailable(f"tensorrt skipped: {reason}")
-    built = []
-    for p in model_paths(run_dir):
-        built.append(build_artifact(run_dir, p.stem, runtime, precision, calibration, int8_op_types))
-        if on_model:
-            on_model(p.stem, built[-1])
-    return built
+    proto, choice, threshold = choose_int8(fp32, calibration, validation, search, on_candidate)
+    props = {p.key: p.value for p in load_onnx(fp32).metadata_props}
+    props.update({PREFIX + "threshold": json.dumps(threshold.to_dict()), PREFIX + "int8": json.dumps(choice.to_dict())})
+    onnx.helper.set_model_props(proto, props)
+    return atomic_write(out, lambda tmp: onnx.save_model(proto, str(tmp)))
 
 
-def open_runtime(path: str | Path, threads: int = 0):
-    """A runtime for any artifact: .pth (PyTorch), .onnx (ONNX Runtime), .engine (TensorRT)."""
+def open_runtime(path: str | Path, threads: int = 0) -> tuple[Any, ModelInfo]:
+    """A runtime for any artifact: .pth (PyTorch), .onnx (ONNX Runtime), .engine (TensorRT),
+    and what the file says about itself."""
     path = Path(path)
     if path.suffix == ".onnx":
         from .runtimes.onnxruntime_runtime import OnnxRuntime
 
-        spec, root = onnx_input_spec(path)
+        info = onnx_info(path)
+        int8 = path.stem.endswith("_int8") or "int8" in info.metadata
         try:
-            return OnnxRuntime(path, threads, "int8" if path.stem.endswith("_int8") else "fp32"), spec, root
+            return OnnxRuntime(path, threads, "int8" if int8 else "fp32"), info
         except Exception as exc:  # a graph ONNX Runtime rejects
             raise ModelFileError(f"ONNX Runtime cannot load {path}: {_first(exc)}") from None
     if path.suffix == ".engine":
@@ -140,8 +192,7 @@ def open_runtime(path: str | Path, threads: int = 0):
         source = path.parent.parent / "onnx" / f"{name}.onnx"
         if not source.is_file():
             raise ModelFileError(f"{path}: its input spec is read from {source}, which is missing")
-        spec, root = onnx_input_spec(source)
-        return TensorRTRuntime(path, path.stem.rsplit("_", 1)[1]), spec, root
+        return TensorRTRuntime(path, path.stem.rsplit("_", 1)[1]), onnx_info(source)
     import torch
 
     from .runtimes import TorchRuntime
@@ -150,7 +201,7 @@ def open_runtime(path: str | Path, threads: int = 0):
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(path)
-    return TorchRuntime(ckpt.model, resolve_device("auto")), ckpt.input_spec, ckpt.data_root
+    return TorchRuntime(ckpt.model, resolve_device("auto")), checkpoint_info(ckpt)
 
 
 def check_images(root: str | Path, spec: InputSpec, n: int = 8) -> np.ndarray:

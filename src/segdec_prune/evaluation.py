@@ -69,7 +69,10 @@ def _confusion(labels: np.ndarray, decisions: np.ndarray) -> dict[str, int]:
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float | int]:
     """Image-level metrics. `ap` is scikit-learn's average precision; `ap_paper` is the area
-    under the PR curve (trapezoidal), as the paper's code reports it."""
+    under the PR curve (trapezoidal), as the paper's code reports it. P/R/F1 and the confusion
+    `*_at_threshold` are at `threshold` (the model's validation threshold, the operating point a
+    deployment uses); `best_*` are at the best-F1 threshold of these very scores, which is
+    optimistic on a test split (chosen with the answers in hand)."""
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.all() or not labels.any():
@@ -122,8 +125,10 @@ def segmentation_metrics(
     return {"dice": float(np.mean(dices)), "iou": float(np.mean(ious)), "seg_images": len(dices)}
 
 
-def evaluate_predictions(preds: Predictions, dataset: KSDD2Dataset, seg_threshold: float = 0.5) -> dict:
-    metrics = classification_metrics(preds.labels, preds.scores)
+def evaluate_predictions(preds: Predictions, dataset: KSDD2Dataset, threshold: float = 0.5,
+                         seg_threshold: float = 0.5) -> dict:
+    """Image metrics at the decision `threshold` (and test-optimal), segmentation on defective images."""
+    metrics = classification_metrics(preds.labels, preds.scores, threshold)
     pos = np.flatnonzero(preds.labels)
     metrics.update(
         segmentation_metrics(preds.seg_probs[pos], [dataset.samples[i]["mask_full"] for i in pos], seg_threshold)

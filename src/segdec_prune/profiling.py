@@ -26,29 +26,31 @@ def macs_and_params(model: SegDecNet, height: int, width: int) -> tuple[int, int
     return int(macs), int(params)
 
 
+def profile_checkpoint(path: Path) -> dict:
+    """One model's method, widths, parameters and MACs (at its input size and the paper's)."""
+    ckpt = load_checkpoint(path)
+    spec = ckpt.input_spec
+    macs, params = macs_and_params(ckpt.model, spec.height, spec.width)
+    return {
+        "method": ckpt.metadata.get("method", "baseline"),
+        "ratio": ckpt.metadata.get("ratio", 0.0),
+        "budget": (ckpt.metadata.get("plan") or {}).get("budget"),
+        "widths": ckpt.model.widths.to_dict(),
+        "parameters": params,
+        "macs": macs,
+        "input_size": [spec.height, spec.width],
+        "macs_at_640x232": macs_and_params(ckpt.model, *PAPER_SIZE)[0],
+        "file_bytes": path.stat().st_size,
+    }
+
+
 def profile_run(run_dir: str | Path) -> dict:
     """Profile `run_dir/models/*.pth` (baseline first) and write profiling_results.json."""
     run_dir = Path(run_dir)
     paths = sorted((run_dir / "models").glob("*.pth"), key=lambda p: (p.stem != "baseline_best", p.stem))
     if not paths or paths[0].stem != "baseline_best":
         raise FileNotFoundError(f"no baseline at {run_dir / 'models' / 'baseline_best.pth'}; run `segdec-prune train` first")
-    records: dict[str, dict] = {}
-    for path in paths:
-        ckpt = load_checkpoint(path)
-        spec = ckpt.input_spec
-        macs, params = macs_and_params(ckpt.model, spec.height, spec.width)
-        macs_paper, _ = macs_and_params(ckpt.model, *PAPER_SIZE)
-        records[path.stem] = {
-            "method": ckpt.metadata.get("method", "baseline"),
-            "ratio": ckpt.metadata.get("ratio", 0.0),
-            "budget": (ckpt.metadata.get("plan") or {}).get("budget"),
-            "widths": ckpt.model.widths.to_dict(),
-            "parameters": params,
-            "macs": macs,
-            "input_size": [spec.height, spec.width],
-            "macs_at_640x232": macs_paper,
-            "file_bytes": path.stat().st_size,
-        }
+    records = {path.stem: profile_checkpoint(path) for path in paths}
     base = records["baseline_best"]
     for rec in records.values():
         rec["param_reduction"] = 1 - rec["parameters"] / base["parameters"]

@@ -24,7 +24,7 @@ from .deploy import engine_path, model_paths, onnx_path, open_runtime
 from .evaluation import evaluate_predictions, interleaved_latency, predict
 from .profiling import profile_run
 
-SCHEMA_VERSION = 2  # 2: budget, predicted_latency_ms, latency_prediction_error
+SCHEMA_VERSION = 3  # 2: budget, predicted latency; 3: threshold = the model's validation threshold, int8 choice
 RESULTS_FILE = "real_evaluation_results.json"
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "real_evaluation_results.schema.json"
 
@@ -80,20 +80,21 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
             if on_step:
                 on_step(f"{name} {runtime} {precision}")
             try:
-                rt, _, _ = open_runtime(path, threads=dep.threads)
+                rt, info = open_runtime(path, threads=dep.threads)
             except Exception as exc:  # e.g. an engine on a machine without TensorRT
                 skipped.append({"model": name, "runtime": runtime, "dtype": precision, "reason": str(exc)})
                 continue
             t0 = time.perf_counter()
             preds = predict(rt, test_set, dep.throughput_batch, getattr(rt, "sync", None))
-            metrics = evaluate_predictions(preds, test_set)
+            metrics = evaluate_predictions(preds, test_set, info.decision_threshold)
             records.append({
                 "model": name, "method": prof.get("method"), "ratio": prof.get("ratio"),
                 "runtime": runtime, "dtype": precision, "artifact": str(path), "artifact_bytes": path.stat().st_size,
                 "device": getattr(rt, "device", "cpu") if runtime == "tensorrt" else platform.processor() or platform.machine(),
                 "threads": dep.threads,
                 **{k: prof.get(k) for k in ("widths", "parameters", "macs", "param_reduction", "mac_reduction", "budget")},
-                **metrics, **preds.throughput(), "eval_seconds": time.perf_counter() - t0,
+                **metrics, "threshold_source": info.threshold_source, "int8": info.metadata.get("int8"),
+                **preds.throughput(), "eval_seconds": time.perf_counter() - t0,
             })
             opened.append(rt)
     _add_latency(records, opened, sample, dep.warmup, dep.runs, on_step)

@@ -6,9 +6,10 @@ import dataclasses
 from functools import cached_property
 from pathlib import Path
 
+import torch
 from rich.progress import Progress
 
-from .checkpoint import Checkpoint, InputSpec, load_checkpoint
+from .checkpoint import Checkpoint, InputSpec, Threshold, load_checkpoint
 from .config import Config, ConfigError
 from .data.dataset import KSDD2Dataset, preprocessing_for, train_val_datasets
 from .model import SegDecNet, Widths, count_parameters
@@ -17,6 +18,9 @@ from .pruning.methods import Method, get_method
 from .pruning.plan import Target
 from .pruning.workflow import PruneOutcome
 from .training import TrainResult, train
+
+
+EXPORT_METADATA = 2  # 2: the decision threshold joined the ONNX metadata (older exports redo)
 
 
 def baseline_path(cfg: Config) -> Path:
@@ -84,6 +88,14 @@ class RunState:
         (what `train` builds)."""
         return self.baseline.model.widths if self.baseline_file.is_file() else Widths()
 
+    def validation_threshold(self, ckpt: Checkpoint) -> Threshold:
+        """The best-F1 threshold on this run's validation split, for a checkpoint that stores none
+        (written before thresholds were stored, or from elsewhere): what train/prune would have stored."""
+        from .training import validate
+
+        t = validate(ckpt.model, self.sets[1], torch.device("cpu")).threshold
+        return dataclasses.replace(t, source="validation best-F1 (computed at export)")
+
     def latency_key(self, runtime: str, precision: str) -> dict:
         """The latency table's key for this run and machine."""
         from .latency_table import run_key
@@ -141,25 +153,27 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     models = ["baseline_best", *names]
     ckpts = [run / "models" / f"{n}.pth" for n in models]
     steps.append(Step("profile", lambda: deploy_profile(run), ckpts, {}, lambda: [run / "profiling_results.json"]))
-    for n in models:
-        steps.append(Step(f"export:{n}", lambda n=n: _export(cfg, n), [run / "models" / f"{n}.pth"], {},
+    for n in models:  # the data: a checkpoint without a stored threshold gets it from the validation split
+        steps.append(Step(f"export:{n}", lambda n=n: _export(state, n), [run / "models" / f"{n}.pth", data],
+                          {"metadata": EXPORT_METADATA, **config_sections(cfg, "data")},
                           lambda n=n: [deploy.onnx_path(run, n)], "export"))
     calib = calibration_path(cfg)
     steps.append(Step("calibrate", lambda: build_calibration_set(cfg) and "", [data],
                       {**config_sections(cfg, "data"), **config_sections(cfg, "deploy")}, lambda: [calib]))
     builds = [("onnxruntime", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
+    search = {k: v for k, v in dataclasses.asdict(cfg.deploy).items() if k.startswith("int8_")}
     for rt, dt in builds:
         for n in models:
             def run_build(rt=rt, dt=dt, n=n) -> str:
                 if rt == "tensorrt" and (reason := unavailable_reason()):
                     raise StageUnavailable(reason)
-                path = deploy.build_artifact(run, n, rt, dt, load_calibration(calib), cfg.deploy.int8_op_types)
-                return str(path)
+                return _build(state, n, rt, dt, load_calibration(calib))
 
             out = deploy.onnx_path(run, n, dt) if rt == "onnxruntime" else deploy.engine_path(run, n, dt)
-            steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, [deploy.onnx_path(run, n), calib],
-                              {"int8_op_types": cfg.deploy.int8_op_types}, lambda out=out: [out] if out.exists() else [],
-                              f"build-{rt}-{dt}"))
+            on_val = rt == "onnxruntime" and dt == "int8"  # chosen on the validation split
+            steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, [deploy.onnx_path(run, n), calib, *([data] if on_val else [])],
+                              {**search, **(config_sections(cfg, "data") if on_val else {})},
+                              lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}"))
     artifacts = [p for n in models for p in (run / "models" / f"{n}.pth", deploy.onnx_path(run, n),
                                              deploy.onnx_path(run, n, "int8"))]
     results = run / RESULTS_FILE
@@ -274,12 +288,47 @@ def deploy_profile(run: Path) -> str:
     return f"{len(profile_run(run)['models'])} models"
 
 
-def _export(cfg: Config, name: str) -> str:
+def export_model(state: RunState, name: str):
+    """Export + verify one model of the run; (report, threshold written to its metadata)."""
     from .deploy import check_images, export_checkpoint, onnx_path
 
+    cfg = state.cfg
     ckpt = load_checkpoint(cfg.run_dir / "models" / f"{name}.pth")
-    rep = export_checkpoint(ckpt, name, check_images(cfg.data.root, ckpt.input_spec), onnx_path(cfg.run_dir, name))
-    return f"max |diff| {max(rep.max_abs_diff_decision, rep.max_abs_diff_segmentation):.1e}"
+    threshold = ckpt.threshold or state.validation_threshold(ckpt)
+    images = check_images(cfg.data.root, ckpt.input_spec)
+    return export_checkpoint(ckpt, name, images, onnx_path(cfg.run_dir, name), threshold), threshold
+
+
+def _export(state: RunState, name: str) -> str:
+    rep, threshold = export_model(state, name)
+    return (f"max |diff| {max(rep.max_abs_diff_decision, rep.max_abs_diff_segmentation):.1e}; "
+            f"threshold {threshold.value:.3f} ({threshold.source})")
+
+
+def build_model(state: RunState, name: str, runtime: str, precision: str, calibration,
+                on_candidate=None) -> tuple[Path, dict | None]:
+    """Build one model's artifact; (path, the INT8 choice for ONNX Runtime INT8, else None)."""
+    from .deploy import build_artifact, onnx_info
+    from .int8 import Int8Search
+
+    search = Int8Search.from_config(state.cfg.deploy)
+    on_val = runtime == "onnxruntime" and precision == "int8"
+    path = build_artifact(state.cfg.run_dir, name, runtime, precision, calibration, search,
+                          state.sets[1] if on_val else None, on_candidate)
+    return path, onnx_info(path).metadata.get("int8") if on_val else None
+
+
+def int8_line(choice: dict) -> str:
+    """One line saying what the INT8 search chose and what it kept."""
+    fp32 = ", ".join(choice["fp32_layers"]) or "none"
+    kept = "" if choice["within_tolerance"] else f" (none within {choice['tolerance']:.3f}: best val AP kept)"
+    return (f"{choice['calibration']} calibration, FP32 layers: {fp32}; val AP {choice['val_ap']:.4f} vs FP32 "
+            f"{choice['val_ap_fp32']:.4f}{kept}; {len(choice['candidates'])} candidates")
+
+
+def _build(state: RunState, name: str, runtime: str, precision: str, calibration) -> str:
+    path, choice = build_model(state, name, runtime, precision, calibration)
+    return int8_line(choice) if choice else str(path)
 
 
 def _charts(cfg: Config) -> str:

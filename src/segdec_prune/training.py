@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .checkpoint import InputSpec, save_checkpoint
+from .checkpoint import InputSpec, Threshold, save_checkpoint
 from .config import TrainConfig
 from .data.dataset import EpochSampler, KSDD2Dataset
 from .evaluation import classification_metrics, predict
@@ -51,11 +52,18 @@ class EpochRecord:
 class TrainResult:
     best_epoch: int
     best_val_ap: float
+    best_threshold: Threshold | None = None  # validation best-F1 threshold of the kept weights
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "history": [asdict(h) for h in self.history]}
+
+
+class Validation(NamedTuple):
+    ap: float
+    loss: float  # mean decision BCE
+    threshold: Threshold  # best F1 on this split
 
 
 def new_progress(disable: bool = False) -> Progress:
@@ -105,13 +113,14 @@ def output_losses(outputs: tuple[torch.Tensor, torch.Tensor], batch: Batch,
 
 
 @torch.no_grad()
-def validate(model: SegDecNet, dataset: KSDD2Dataset, device: torch.device) -> tuple[float, float]:
-    """(AP, mean decision BCE) on a held-out set."""
+def validate(model: SegDecNet, dataset: KSDD2Dataset, device: torch.device) -> Validation:
+    """AP, mean decision BCE and the best-F1 threshold on a held-out set."""
     preds = predict(TorchRuntime(model, device), dataset, batch_size=8)
     p = np.clip(preds.scores, 1e-7, 1 - 1e-7)
     y = preds.labels.astype(float)
     bce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return classification_metrics(preds.labels, preds.scores)["ap"], bce
+    m = classification_metrics(preds.labels, preds.scores)
+    return Validation(m["ap"], bce, Threshold(m["best_threshold"], f1=m["best_f1"]))
 
 
 def train(
@@ -176,11 +185,11 @@ def train(
             mean = (sums / max(n, 1)).tolist()
             rec = EpochRecord(epoch, *mean[:3], seconds=time.perf_counter() - t0, loss_extra=mean[3])
             if (epoch + 1) % cfg.validate_every == 0 or epoch == epochs - 1:
-                rec.val_ap, rec.val_loss = validate(model, val_set, device)
+                rec.val_ap, rec.val_loss, threshold = validate(model, val_set, device)
                 if (rec.val_ap, -rec.val_loss) > (best_key[0], -best_key[1]):
                     best_key = (rec.val_ap, rec.val_loss)
                     best_state = copy.deepcopy(model.state_dict())
-                    result.best_epoch, result.best_val_ap = epoch, rec.val_ap
+                    result.best_epoch, result.best_val_ap, result.best_threshold = epoch, rec.val_ap, threshold
                 bar.update(task, info=f"ep {epoch + 1} val AP {rec.val_ap:.4f} (best {result.best_val_ap:.4f})")
             result.history.append(rec)
             if not bar.disable:
@@ -196,7 +205,8 @@ def train(
     model.load_state_dict(best_state)
     if save_path is not None:
         assert input_spec is not None, "saving a checkpoint needs the model's input spec"
-        meta = {**(metadata or {}), "training": result.to_dict(), "train_config": asdict(cfg)}
+        meta = {**(metadata or {}), "training": result.to_dict(), "train_config": asdict(cfg),
+                "threshold": result.best_threshold.to_dict()}
         save_checkpoint(save_path, model.cpu(), input_spec, meta)
         model.to(device)
     return result

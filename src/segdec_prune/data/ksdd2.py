@@ -124,6 +124,13 @@ def downsize(x: np.ndarray, factor: int = 8) -> np.ndarray:
     return t[0, 0].numpy()
 
 
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An image as read (HxW or HxWxC uint8) at the model's input size, HxWxC: the one resize
+    training, evaluation and `predict` share."""
+    image = cv2.resize(image, (width, height))
+    return image[:, :, None] if image.ndim == 2 else image
+
+
 def preprocess(ref: SampleRef, pre: Preprocessing) -> dict[str, np.ndarray | bool | str]:
     """One sample: uint8 image HxWxC at input size, 1/8 target and weights, label."""
     image = read_image(ref.image, pre.channels)
@@ -133,9 +140,7 @@ def preprocess(ref: SampleRef, pre: Preprocessing) -> dict[str, np.ndarray | boo
     if pre.dilate > 1:
         mask = cv2.dilate(mask, np.ones((pre.dilate, pre.dilate), np.uint8))
     size = (pre.width, pre.height)
-    image = cv2.resize(image, size)
-    if image.ndim == 2:
-        image = image[:, :, None]
+    image = resize_image(image, pre.height, pre.width)
     mask_full = cv2.resize(mask.astype(np.float32), size)
     weights = distance_weights(mask_full, pre.weight_p, pre.weight_max) if label else np.ones_like(mask_full)
     return {

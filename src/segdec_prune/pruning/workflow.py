@@ -127,7 +127,7 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
         model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options,
                                          p.seed + i, planned.scores if i == 0 else None)
         record = {"widths": widths.to_dict(), "removed_channels": removed,
-                  "val_ap_pruned": validate(model, val_set, device)[0]}
+                  "val_ap_pruned": validate(model, val_set, device).ap}
         iterations = total * (i + 1) // len(plan) - total * i // len(plan)
         if iterations:
             round_cfg = dataclasses.replace(ft_cfg, seed=ft_cfg.seed + i)
@@ -152,12 +152,14 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
                             f"fine-tune {name}", table, on_plan)
     pruned = out.model
     base_params = count_parameters(baseline.model)
+    threshold = validate(pruned, data.val_set, resolve_device(cfg.train.device)).threshold
+    pruned.cpu()
     meta = {
         "name": name, "method": method.name, "criterion": method.criterion,
         "ratio": None if isinstance(target, Budget) else target, "plan": out.plan,
         "widths": pruned.widths.to_dict(), "parameters": count_parameters(pruned),
         "param_reduction": 1 - count_parameters(pruned) / base_params,
-        "val_ap_pruned": out.val_ap_pruned, "val_ap": out.val_ap,
+        "val_ap_pruned": out.val_ap_pruned, "val_ap": out.val_ap, "threshold": threshold.to_dict(),
         "removed_channels": out.rounds[0]["removed_channels"] if len(out.rounds) == 1 else None,
         "rounds": out.rounds, "teacher_sha256": data.teacher.baseline_sha256 if data.teacher and cfg.prune.distill else None,
         "finetune_config": dataclasses.asdict(finetune_config(cfg, finetune_epochs)) if finetune_epochs else None,

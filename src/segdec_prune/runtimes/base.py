@@ -8,6 +8,10 @@ import numpy as np
 
 # What a build can target: runtime -> precisions.
 RUNTIMES = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+# INT8 activation calibration methods (ONNX Runtime's quantization offers these).
+INT8_CALIBRATIONS = ("minmax", "entropy", "percentile")
+# Layers INT8 may keep in FP32, by the weight-name prefixes PyTorch gave them (they survive export).
+FP32_GROUPS = {"first_conv": ("volume.0.",), "seg_head": ("seg_mask.",), "decision_head": ("extractor.",)}
 
 
 class Runtime(Protocol):

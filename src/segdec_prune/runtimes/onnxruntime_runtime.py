@@ -8,6 +8,9 @@ per-image std) and has produced graphs that fail at run time, for no speed-up wo
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -15,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -27,6 +31,7 @@ from onnxruntime.quantization import (
 
 from ..artifacts import atomic_write
 from ..export import INPUT, OUTPUTS
+from .base import INT8_CALIBRATIONS
 
 
 def cpu_session(path: str | os.PathLike, threads: int = 0) -> ort.InferenceSession:
@@ -82,24 +87,85 @@ class _Reader(CalibrationDataReader):
         return None if b is None else {INPUT: np.ascontiguousarray(b, dtype=np.float32)}
 
 
-def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray,
-                  op_types: Sequence[str] = ("Conv",), for_tensorrt: bool = False) -> Path:
-    """Static INT8 in QDQ format: per-channel int8 weights, MinMax calibration.
+CALIBRATIONS = dict(zip(INT8_CALIBRATIONS, (CalibrationMethod.MinMax, CalibrationMethod.Entropy,
+                                            CalibrationMethod.Percentile)))
+
+
+def prepare_for_quantization(fp32_path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """ONNX Runtime's pre-processing (shape inference, folding) before quantization; done once
+    per model however many quantizations follow."""
+    quant_pre_process(str(fp32_path), str(out), skip_symbolic_shape=True)
+    return Path(out)
+
+
+def conv_nodes(model: onnx.ModelProto, weight_prefixes: Sequence[str]) -> list[str]:
+    """Names of the Conv nodes whose weight initializer starts with one of the prefixes (the
+    PyTorch parameter names survive export, node names do not say which layer they are)."""
+    return [n.name for n in model.graph.node
+            if n.op_type == "Conv" and len(n.input) > 1 and n.input[1].startswith(tuple(weight_prefixes))]
+
+
+def quantize_prepared(prepared: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray,
+                      op_types: Sequence[str] = ("Conv",), method: str = "minmax", exclude: Sequence[str] = (),
+                      for_tensorrt: bool = False, cache: str | os.PathLike | None = None) -> Path:
+    """Static INT8 in QDQ format: per-channel int8 weights; activations calibrated by `method`
+    (minmax, entropy or percentile); the nodes in `exclude` stay FP32.
 
     For ONNX Runtime on x86 the activations are asymmetric uint8 (U8S8): its VNNI kernels take
     u8 x s8, and on the development CPU U8S8 ran 2.5x faster than FP32 where S8S8 ran slower.
     TensorRT's explicit quantization needs symmetric int8 activations (`for_tensorrt=True`).
+    `cache` (a JSON path) keeps the calibrated ranges, so variants that differ only in `exclude`
+    calibrate once; where this ONNX Runtime can take cached ranges, we calibrate ourselves, with
+    2048 histogram bins: quantize_static's entropy calibrator keeps 128 bins, for which the KL
+    search has a single candidate (the full range), so "entropy" would silently equal minmax.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    if method not in CALIBRATIONS:
+        raise ValueError(f"unknown INT8 calibration {method!r}; known: {', '.join(CALIBRATIONS)}")
+    options = {}
+    if cache and _has_cache_option():
+        if not Path(cache).is_file():
+            _calibrate(prepared, calibration, op_types, method, for_tensorrt, Path(cache))
+        options["calibration_cache_path"] = str(cache)
 
-        def write(out: Path) -> None:
+    def write(out: Path) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
             quantize_static(
-                str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                str(prepared), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(op_types),
-                calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": for_tensorrt},
+                nodes_to_exclude=list(exclude), calibrate_method=CALIBRATIONS[method],
+                extra_options={"ActivationSymmetric": for_tensorrt, "CalibTensorRangeSymmetric": for_tensorrt}, **options,
             )
 
-        return atomic_write(int8_path, write)
+    return atomic_write(int8_path, write)
+
+
+def _has_cache_option() -> bool:
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _calibrate(prepared: str | os.PathLike, calibration: np.ndarray, op_types: Sequence[str], method: str,
+               symmetric: bool, cache: Path) -> None:
+    """Activation ranges by `method` with 2048-bin histograms, saved where quantize_static reads them.
+    Ranges are symmetric only for TensorRT: ReLU outputs are >= 0, and a symmetric uint8 range
+    (the percentile calibrator's default) would leave half the codes unused."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization.quantize import save_tensors_data
+
+    extra = {"symmetric": symmetric, "num_bins": 2048, "num_quantized_bins": 128}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        calibrator = create_calibrator(Path(prepared), list(op_types), str(Path(tmp) / "augmented.onnx"),
+                                       CALIBRATIONS[method], extra_options=extra)
+        calibrator.collect_data(_Reader(calibration))
+        save_tensors_data(calibrator.compute_data(), cache)
+
+
+def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray,
+                  op_types: Sequence[str] = ("Conv",), for_tensorrt: bool = False, method: str = "minmax",
+                  exclude_weights: Sequence[str] = ()) -> Path:
+    """Pre-process and quantize in one go (see `quantize_prepared`); `exclude_weights` names
+    layers by weight-name prefix (e.g. "volume.0.")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = prepare_for_quantization(fp32_path, Path(tmp) / "pre.onnx")
+        exclude = conv_nodes(onnx.load(str(pre)), exclude_weights) if exclude_weights else []
+        return quantize_prepared(pre, int8_path, calibration, op_types, method, exclude, for_tensorrt)

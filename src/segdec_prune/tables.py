@@ -1,0 +1,43 @@
+"""The rich tables the CLI prints from result records (kept out of cli.py, which stays commands only)."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.table import Column, Table
+
+from .results import pareto_front
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None or v != v else format(v, fmt)
+
+
+def records_table(records: list[dict], title: str, full: bool = True) -> Table:
+    """Model x runtime rows. F1 and FP/FN are at each model's own validation threshold (what
+    `predict` uses); `full` adds AUROC, Dice and the test-optimal F1, labelled as such.
+    `full=False` keeps what decides a deployment and fits 80 columns."""
+    cols = {"AP": lambda r: _num(r["ap"], ".3f"), "AUROC": lambda r: _num(r["auroc"], ".3f"),
+            "F1": lambda r: _num(r["f1"], ".3f"), "FP/FN": lambda r: f"{r['fp_at_threshold']}/{r['fn_at_threshold']}",
+            "F1 test-opt.": lambda r: _num(r["best_f1"], ".3f"), "Dice": lambda r: _num(r["dice"], ".3f"),
+            "ms b1": lambda r: _num(r["latency_ms_median"], ".1f"),
+            "speedup": lambda r: _num(r["speedup_vs_baseline"], ".2f") + "x" * bool(r["speedup_vs_baseline"]),
+            "MACs -": lambda r: _num(r["mac_reduction"], ".0%")}
+    if not full:
+        cols = {k: f for k, f in cols.items() if k not in ("AUROC", "Dice", "F1 test-opt.")}
+    table = Table(Column("model", no_wrap=True), Column("runtime" if full else "dtype", no_wrap=True),
+                  *(Column(k, no_wrap=True, justify="right") for k in cols), title=title, box=box.SIMPLE_HEAD)
+    for r in records:
+        table.add_row(r["model"], f"{r['runtime']} {r['dtype']}" if full else r["dtype"], *(f(r) for f in cols.values()))
+    return table
+
+
+def ship_table(records: list[dict]) -> Table | None:
+    """The baseline, then the Pareto front of test AP vs batch-1 latency (None: nothing to rank)."""
+    front = pareto_front(records)
+    if not front:
+        return None
+    runtime = front[0]["runtime"]
+    base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == runtime]
+    title = (f"which model to ship ({runtime}): the baseline, then the Pareto front of test AP vs batch-1 latency; "
+             "F1 and FP/FN at each model's validation threshold")
+    return records_table(base + [r for r in front if r not in base], title, full=False)

@@ -1,0 +1,211 @@
+"""Shipping a model: `predict`, `bundle` + predict_onnx.py, the stored threshold, INT8 chosen on
+validation data, the ship table's operating point, damaged model files."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from segdec_prune.checkpoint import load_checkpoint
+from segdec_prune.cli import app
+from segdec_prune.config import load_config
+from segdec_prune.deploy import onnx_info
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    r = runner.invoke(app, list(args))
+    return r, r.output.replace("\n", "")  # the console wraps long lines
+
+
+@pytest.fixture(scope="module")
+def shipped(tiny_synth, tmp_path_factory):
+    """A run with a trained baseline and one pruned model, exported, calibrated, INT8 built."""
+    tmp = tmp_path_factory.mktemp("ship")
+    cfg = tmp / "tiny.toml"
+    cfg.write_text(
+        f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
+        '[train]\nepochs = 2\nbatch_size = 2\nvalidate_every = 1\ndevice = "cpu"\n'
+        '[prune]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
+        '[deploy]\ncalibration_images = 8\nint8_calibrations = ["minmax", "percentile"]\n'
+        'int8_fp32_candidates = ["first_conv"]\n'
+        f'[run]\nname = "s"\ndir = "{tmp / "runs"}"\n'
+    )
+    for args in (["train", "--quiet"], ["prune", "--method", "naive_l1", "--ratio", "0.5"], ["export"], ["calibrate"],
+                 ["build", "--precision", "int8"]):
+        r = runner.invoke(app, [args[0], "--config", str(cfg), *args[1:]])
+        assert r.exit_code == 0, (args, r.output)
+    return cfg, tmp / "runs" / "s"
+
+
+@pytest.fixture
+def images(tiny_synth, tmp_path):
+    """A folder of test images at their native sizes (one resized), plus one corrupt file."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    src = sorted(p for p in (tiny_synth / "test").glob("*.png") if not p.stem.endswith("_GT"))[:5]
+    for p in src:
+        (folder / p.name).write_bytes(p.read_bytes())
+    cv2.imwrite(str(folder / "wide.jpg"), cv2.resize(cv2.imread(str(src[0])), (301, 517)))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    return folder
+
+
+def _rows(csv_path):
+    with open(csv_path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_threshold_round_trips_checkpoint_onnx_card(shipped, tmp_path):
+    cfg, run = shipped
+    for name in ("baseline_best", "naive_l1_r50"):
+        stored = load_checkpoint(run / "models" / f"{name}.pth").threshold
+        assert stored is not None and stored.source == "validation best-F1" and 0 < stored.value < 1
+        assert onnx_info(run / "onnx" / f"{name}.onnx").threshold == stored
+        int8 = onnx_info(run / "onnx" / f"{name}_int8.onnx")
+        assert int8.threshold.source == "validation best-F1 (INT8 model)"
+    r, out = _invoke("bundle", "--config", str(cfg), "--model", "naive_l1_r50", "--out", str(tmp_path / "b"))
+    assert r.exit_code == 0, out
+    card = json.loads((tmp_path / "b" / "model_card.json").read_text())
+    assert card["threshold"]["fp32"]["value"] == load_checkpoint(run / "models" / "naive_l1_r50.pth").threshold.value
+    assert card["input"]["height"] == 128 and card["architecture"]["widths"]["volume"]
+    assert card["calibration"]["int8_choice"]["calibration"] in ("minmax", "percentile")
+    assert card["libraries"]["onnxruntime"] and card["config"]["data"]["input_width"] == 64
+
+
+def test_predict_folder_with_a_corrupt_image(shipped, images, tmp_path):
+    _, run = shipped
+    out = tmp_path / "pred"
+    r, text = _invoke("predict", str(images), "--model", str(run / "onnx" / "naive_l1_r50.onnx"), "--out", str(out),
+                      "--overlays", "--batch", "4")
+    assert r.exit_code == 1, text
+    assert "broken.png" in text and "6 images scored" in text
+    assert "validation best-F1" in text  # the threshold is the model's own, and says so
+    rows = _rows(out / "predictions.csv")
+    assert len(rows) == 6 and "broken.png" not in {p for row in rows for p in row["path"].split("/")}
+    thr = onnx_info(run / "onnx" / "naive_l1_r50.onnx").threshold.value
+    for row in rows:
+        assert row["defective"] == ("yes" if float(row["score"]) >= thr else "no") and float(row["ms"]) > 0
+        native = cv2.imread(row["path"]).shape
+        assert cv2.imread(str(out / row["overlay"])).shape == native  # the defect map at the image's own size
+    assert any(cv2.imread(row["path"]).shape[:2] == (517, 301) for row in rows)
+
+
+def test_scores_agree_pth_onnx_and_bundle_script(shipped, images, tmp_path):
+    cfg, run = shipped
+    (images / "broken.png").unlink()
+    scores = {}
+    for kind, model in (("pth", run / "models" / "naive_l1_r50.pth"), ("onnx", run / "onnx" / "naive_l1_r50.onnx")):
+        r, text = _invoke("predict", str(images), "--model", str(model), "--out", str(tmp_path / kind), "--batch", "3")
+        assert r.exit_code == 0, text
+        scores[kind] = {row["path"]: float(row["score"]) for row in _rows(tmp_path / kind / "predictions.csv")}
+    bundle = tmp_path / "bundle"
+    assert _invoke("bundle", "--config", str(cfg), "--model", "naive_l1_r50", "--out", str(bundle))[0].exit_code == 0
+    script = subprocess.run([sys.executable, str(bundle / "predict_onnx.py"), str(bundle / "naive_l1_r50.onnx"),
+                             str(images), "--out", str(tmp_path / "script.csv")], capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr
+    rows = _rows(tmp_path / "script.csv")
+    scores["script"] = {row["path"]: float(row["score"]) for row in rows}
+    assert len(scores["script"]) == 6 and scores["script"].keys() == scores["pth"].keys()
+    for path, ref in scores["pth"].items():
+        assert abs(scores["onnx"][path] - ref) < 1e-3 and abs(scores["script"][path] - ref) < 1e-3
+    predicted = {row["path"]: row["defective"] for row in _rows(tmp_path / "onnx" / "predictions.csv")}
+    assert {row["path"]: row["defective"] for row in rows} == predicted  # same threshold, from the metadata
+
+
+def test_bundle_replaces_an_old_bundle_but_not_other_folders(shipped, tmp_path):
+    cfg, _ = shipped
+    out = tmp_path / "b"
+    for _ in range(2):
+        r, text = _invoke("bundle", "--config", str(cfg), "--model", "baseline_best", "--out", str(out))
+        assert r.exit_code == 0, text
+    assert sorted(p.name for p in out.iterdir()) == ["baseline_best.onnx", "baseline_best_int8.onnx",
+                                                     "model_card.json", "predict_onnx.py"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    r, text = _invoke("bundle", "--config", str(cfg), "--model", "baseline_best", "--out", str(other))
+    assert r.exit_code == 2 and "not a segdec-prune bundle" in text and (other / "notes.txt").exists()
+    r, text = _invoke("bundle", "--config", str(cfg), "--model", "nope", "--out", str(tmp_path / "c"))
+    assert r.exit_code == 2 and "no FP32 ONNX file" in text and "naive_l1_r50" in text
+
+
+def test_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
+    import segdec_prune.int8 as int8
+    from segdec_prune.calibration import calibration_path, load_calibration
+    from segdec_prune.data.ksdd2 import scan_split
+    from segdec_prune.stages import RunState, build_model
+
+    cfg, _ = shipped
+    config = load_config(cfg)
+    state = RunState(config)
+    val_ids = {s["id"] for s in state.sets[1].samples}
+    test_ids = {r.id for r in scan_split(config.data.root, "test")}
+    seen = []
+    real = int8.predict
+    monkeypatch.setattr(int8, "predict", lambda rt, ds, **kw: seen.append({s["id"] for s in ds.samples}) or real(rt, ds, **kw))
+    _, choice = build_model(state, "naive_l1_r50", "onnxruntime", "int8", load_calibration(calibration_path(config)))
+    assert len(seen) == 1 + len(choice["candidates"]) == 1 + 2 + 1  # FP32, 2 calibrations, 1 FP32 layer group
+    assert all(ids == val_ids for ids in seen) and not val_ids & test_ids
+    assert choice["val_images"] == len(val_ids) and {c["calibration"] for c in choice["candidates"]} == {"minmax", "percentile"}
+
+
+def test_validation_threshold_drives_evaluate_and_the_ship_table(shipped):
+    from segdec_prune.tables import ship_table
+
+    cfg, run = shipped
+    r, text = _invoke("evaluate", "--config", str(cfg))
+    assert r.exit_code == 0, text
+    res = json.loads((run / "real_evaluation_results.json").read_text())
+    by = {(x["model"], x["runtime"], x["dtype"]): x for x in res["records"]}
+    stored = load_checkpoint(run / "models" / "naive_l1_r50.pth").threshold.value
+    rec = by["naive_l1_r50", "onnxruntime", "fp32"]
+    assert rec["threshold"] == pytest.approx(stored) and rec["threshold_source"] == "validation best-F1"
+    assert by["naive_l1_r50", "onnxruntime", "int8"]["int8"]["calibration"] in ("minmax", "percentile")
+    assert rec["int8"] is None
+    # Two models whose test-optimal F1 and validation-threshold F1 disagree: the table shows the latter.
+    rows = [dict(rec, model="baseline_best", f1=0.41, best_f1=0.99, fp_at_threshold=7, fn_at_threshold=3,
+                 latency_ms_median=9.0, ap=0.8),
+            dict(rec, model="m", f1=0.52, best_f1=0.98, fp_at_threshold=5, fn_at_threshold=4, latency_ms_median=4.0, ap=0.9)]
+    console_text = _render(ship_table(rows))
+    assert "0.410" in console_text and "0.520" in console_text and "7/3" in console_text and "5/4" in console_text
+    assert "0.990" not in console_text and "0.980" not in console_text and "validation threshold" in console_text
+
+
+def _render(table) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(table)
+    return " ".join(console.export_text().split())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_damaged_model_files_in_predict_build_and_bundle(shipped, images, tmp_path, damage):
+    cfg, run = shipped
+    rng = np.random.default_rng(1)
+    for good in (run / "onnx" / "naive_l1_r50.onnx", run / "models" / "naive_l1_r50.pth"):
+        bad = tmp_path / f"bad{good.suffix}"
+        data = good.read_bytes()
+        bad.write_bytes(data[: len(data) // 3] if damage == "truncated" else rng.bytes(4096))
+        r, text = _invoke("predict", str(images), "--model", str(bad), "--out", str(tmp_path / "p"))
+        assert r.exit_code == 2 and str(bad) in text and "Traceback" not in text, text
+    # The same damage inside a run: build and bundle name the file.
+    broken = tmp_path / "run_copy"
+    shutil.copytree(run, broken / "s")
+    target = broken / "s" / "onnx" / "naive_l1_r50.onnx"
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 3] if damage == "truncated" else rng.bytes(4096))
+    override = ["--set", f"run.dir={broken}"]
+    for args in (["build", "--precision", "int8"], ["bundle", "--model", "naive_l1_r50", "--out", str(tmp_path / "b")]):
+        r, text = _invoke(args[0], "--config", str(cfg), *override, *args[1:])
+        assert r.exit_code == 2 and "naive_l1_r50.onnx" in text and "Traceback" not in text, text
