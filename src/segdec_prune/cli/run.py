@@ -1,0 +1,85 @@
+"""`segdec-prune run`: the whole pipeline, resumable, ending with what to ship."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..config import load_config
+from ..data.ksdd2 import DatasetError
+from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun a stage (train, prune, profile, export, "
+                     "latency-table, calibrate, build-onnxruntime-int8, build-tensorrt-fp16, build-tensorrt-int8, evaluate, charts) "
+                     "or one step (e.g. prune:ours_c3_r40). Repeatable.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """The whole pipeline, resumable: steps whose inputs and settings are unchanged are skipped."""
+    from ..pipeline import Manifest, execute, machine
+    from ..results import RESULTS_FILE, library_versions
+    from ..stages import RunState, plan
+    from ..tables import ship_table
+    from ..training import new_progress
+
+    try:
+        cfg = load_config(config, set_)
+        if not Path(cfg.data.root).is_dir():
+            raise DatasetError(f"data set folder {cfg.data.root} not found (config key data.root)")
+    except USER_ERRORS as exc:
+        fail(exc)
+    console.print(f"run {cfg.run_dir} from {cfg.source}: data {cfg.data.root}, "
+                  f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios")
+    manifest = Manifest.load(cfg.run_dir)
+    outcomes = []
+    with new_progress() as bar:
+        state = RunState(cfg, progress=bar)
+        steps = plan(cfg, state)
+        known = {s.name for s in steps} | {s.stage for s in steps}
+        unknown = [f for f in force or [] if f not in known]
+        if unknown:
+            bar.stop()
+            fail(f"--force {unknown[0]}: no such stage or step")
+        task = bar.add_task("pipeline", total=len(steps), info="")
+
+        stage_of = {s.name: s.stage or s.name for s in steps}
+        said: set[tuple[str, str]] = set()
+
+        def event(o) -> None:
+            bar.update(task, advance=1, info=f"{o.name}: {o.status}")
+            if o.status == "unavailable":  # one line per stage, not one per model
+                if (stage_of[o.name], o.detail) not in said:
+                    said.add((stage_of[o.name], o.detail))
+                    bar.console.print(f"{stage_of[o.name]}: unavailable, every model: {o.detail}", markup=False,
+                                      highlight=False)
+            elif o.status != "skipped":
+                bar.console.print(f"{o.name}: {o.status} in {o.seconds:.1f} s {o.detail}", markup=False, highlight=False)
+
+        try:
+            outcomes = execute(steps, manifest, set(force or []), library_versions(), machine(), event)
+        except (*USER_ERRORS, ValueError, RuntimeError) as exc:
+            bar.stop()
+            fail(exc)
+    stages: dict[str, list] = {}
+    for o in outcomes:
+        stages.setdefault(stage_of[o.name], []).append(o)
+    table = Table("stage", "steps", "ran", "up to date", "unavailable", "seconds", title="pipeline")
+    for stage, os_ in stages.items():
+        count = {k: sum(o.status == k for o in os_) for k in ("done", "skipped", "unavailable")}
+        table.add_row(stage, str(len(os_)), str(count["done"]), str(count["skipped"]), str(count["unavailable"]),
+                      f"{sum(o.seconds for o in os_):.1f}")
+    console.print(table)
+    reasons = {o.detail for o in outcomes if o.status == "unavailable"}
+    for reason in reasons:
+        console.print(f"unavailable here: {reason}", markup=False, highlight=False)
+    results = cfg.run_dir / RESULTS_FILE
+    if results.is_file() and (table := ship_table(json.loads(results.read_text())["records"])):
+        console.print(table)
+    console.print(f"results: {results}\ncharts:  {cfg.run_dir / 'charts'}\n"
+                  f"manifest: {cfg.run_dir / 'manifest.json'}")
