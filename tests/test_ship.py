@@ -209,3 +209,28 @@ def test_damaged_model_files_in_predict_build_and_bundle(shipped, images, tmp_pa
     for args in (["build", "--precision", "int8"], ["bundle", "--model", "naive_l1_r50", "--out", str(tmp_path / "b")]):
         r, text = _invoke(args[0], "--config", str(cfg), *override, *args[1:])
         assert r.exit_code == 2 and "naive_l1_r50.onnx" in text and "Traceback" not in text, text
+
+
+def test_a_run_from_before_thresholds_gets_them_at_export(shipped, tmp_path):
+    """A checkpoint without a stored threshold: export computes the validation one (what prune
+    would have stored), and evaluate uses it for every runtime of that model."""
+    from segdec_prune.checkpoint import save_checkpoint
+
+    cfg, run = shipped
+    old = tmp_path / "old" / "s"
+    shutil.copytree(run, old)
+    ckpt = load_checkpoint(old / "models" / "naive_l1_r50.pth")
+    meta = {k: v for k, v in ckpt.metadata.items() if k != "threshold"}
+    save_checkpoint(old / "models" / "naive_l1_r50.pth", ckpt.model, ckpt.input_spec, meta)
+    override = ["--set", f"run.dir={tmp_path / 'old'}"]
+    r, text = _invoke("export", "--config", str(cfg), *override)
+    assert r.exit_code == 0 and "computed" in text, text
+    computed = onnx_info(old / "onnx" / "naive_l1_r50.onnx").threshold
+    assert computed.source == "validation best-F1 (computed at export)"
+    assert computed.value == pytest.approx(ckpt.threshold.value, abs=1e-6)  # the same weights, the same split
+    (old / "onnx" / "naive_l1_r50_int8.onnx").unlink()
+    r, text = _invoke("evaluate", "--config", str(cfg), *override)
+    assert r.exit_code == 0, text
+    recs = [x for x in json.loads((old / "real_evaluation_results.json").read_text())["records"] if x["model"] == "naive_l1_r50"]
+    assert {x["runtime"] for x in recs} == {"torch", "onnxruntime"}
+    assert all(x["threshold"] == computed.value and "computed at export" in x["threshold_source"] for x in recs)

@@ -20,7 +20,7 @@ from . import __version__
 from .artifacts import strict_json, write_json
 from .config import Config
 from .data.dataset import KSDD2Dataset, load_split, preprocessing_for
-from .deploy import engine_path, model_paths, onnx_path, open_runtime
+from .deploy import engine_path, model_paths, onnx_info, onnx_path, open_runtime
 from .evaluation import evaluate_predictions, interleaved_latency, predict
 from .profiling import profile_run
 
@@ -84,6 +84,10 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
             except Exception as exc:  # e.g. an engine on a machine without TensorRT
                 skipped.append({"model": name, "runtime": runtime, "dtype": precision, "reason": str(exc)})
                 continue
+            if info.threshold is None and onnx_path(run_dir, name).is_file():
+                # A checkpoint from before thresholds were stored: its export computed one on the
+                # validation split for the same weights; use that, so every runtime of a model decides alike.
+                info.threshold = onnx_info(onnx_path(run_dir, name)).threshold
             t0 = time.perf_counter()
             preds = predict(rt, test_set, dep.throughput_batch, getattr(rt, "sync", None))
             metrics = evaluate_predictions(preds, test_set, info.decision_threshold)
