@@ -30,6 +30,10 @@ def predict(
         runtime, info = open_runtime(model, threads)
     except (*USER_ERRORS, ValueError, RuntimeError) as exc:
         fail(exc)
+    if runtime.name == "tensorrt":
+        from ..runtimes.tensorrt_runtime import MAX_BATCH
+
+        batch = min(batch, MAX_BATCH)  # the engine's profile ends there
     thr = info.decision_threshold if threshold is None else threshold
     source = "given with --threshold" if threshold is not None else info.threshold_source
     console.print(f"{model.name} ({runtime.name}), input {info.spec.height}x{info.spec.width}; threshold {thr:.4f} ({source})",

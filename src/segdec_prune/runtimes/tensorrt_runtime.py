@@ -18,6 +18,8 @@ import numpy as np
 from ..artifacts import atomic_write
 from ..export import INPUT, OUTPUTS
 
+MAX_BATCH = 16  # the optimisation profile of the engines we build: batch 1..16
+
 
 class TensorRTUnavailable(RuntimeError):
     pass
@@ -46,7 +48,7 @@ def _trt():
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, precision: str,
-                 input_shape: tuple[int, int, int], max_batch: int = 16, opt_batch: int = 1,
+                 input_shape: tuple[int, int, int], max_batch: int = MAX_BATCH, opt_batch: int = 1,
                  workspace_gib: float = 2.0) -> Path:
     """Build and serialize an engine. `precision`: fp16 (FP32 ONNX) or int8 (Q/DQ ONNX)."""
     trt = _trt()
