@@ -64,6 +64,11 @@ class Step:
     params: Any
     outputs: Callable[[], list[Path]]
     stage: str = ""
+    produces: list[Path] | None = None  # files it writes when it can run (default: outputs())
+
+    def products(self) -> list[Path]:
+        """What later steps may read from it: the plan view's dependencies."""
+        return self.outputs() if self.produces is None else self.produces
 
 
 @dataclass

@@ -173,7 +173,7 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
             on_val = rt == "onnxruntime" and dt == "int8"  # chosen on the validation split
             steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, [deploy.onnx_path(run, n), calib, *([data] if on_val else [])],
                               {**search, **(config_sections(cfg, "data") if on_val else {})},
-                              lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}"))
+                              lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}", [out]))
     artifacts = [p for n in models for p in (run / "models" / f"{n}.pth", deploy.onnx_path(run, n),
                                              deploy.onnx_path(run, n, "int8"))]
     results = run / RESULTS_FILE

@@ -41,3 +41,16 @@ def ship_table(records: list[dict]) -> Table | None:
     title = (f"which model to ship ({runtime}): the baseline, then the Pareto front of test AP vs batch-1 latency; "
              "F1 and FP/FN at each model's validation threshold")
     return records_table(base + [r for r in front if r not in base], title, full=False)
+
+
+def plan_table(rows) -> Table:
+    """`run --plan`: one row per step (schedule.PlannedStep)."""
+    table = Table(Column("step", no_wrap=True), Column("status", no_wrap=True, min_width=11),
+                  Column("expected", no_wrap=True, min_width=18),
+                  Column("waits for", no_wrap=True), title="pipeline plan",
+                  box=box.SIMPLE_HEAD)
+    for r in rows:
+        waits = r.depends_on[0] if len(r.depends_on) == 1 else f"{len(r.depends_on)} steps" if r.depends_on else "-"
+        expected = "-" if r.status != "to run" else "unknown" if r.seconds is None else f"{r.seconds:.0f} s {r.basis}"
+        table.add_row(r.name, r.status, expected, waits)
+    return table

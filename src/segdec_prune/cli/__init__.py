@@ -7,4 +7,5 @@ from .common import app
 # Imported in the order `segdec-prune --help` lists them: the pipeline's order.
 from . import data, models, deploy, ship, run  # noqa: E402, F401, I001  (registers the commands)
 
+
 __all__ = ["app"]

@@ -15,6 +15,7 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data.ksdd2 import DatasetError
 
+
 app = typer.Typer(help="Channel-pruning pipeline for SegDecNet on KolektorSDD2.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console()

@@ -13,6 +13,7 @@ from ..data.ksdd2 import DatasetError
 from ..data.synthetic import SynthSpec, write_dataset
 from .common import app, console, counter, fail
 
+
 data_app = typer.Typer(help="Data sets: synthesise, download, check.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

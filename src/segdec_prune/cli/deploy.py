@@ -15,6 +15,7 @@ from ..config import ConfigError, load_config
 from ..data.ksdd2 import DatasetError
 from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail
 
+
 def _evaluate_run(config: Path, set_: list[str] | None) -> None:
     from ..results import RESULTS_FILE, evaluate_run
     from ..tables import records_table

@@ -12,6 +12,7 @@ from rich.table import Table
 from ..config import load_config
 from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail
 
+
 @app.command()
 def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
     """Train the baseline; writes RUN/models/baseline_best.pth (best by validation AP)."""

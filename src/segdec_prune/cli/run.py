@@ -13,12 +13,16 @@ from ..config import load_config
 from ..data.ksdd2 import DatasetError
 from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail
 
+
 @app.command()
 def run(
     config: ConfigOpt,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun a stage (train, prune, profile, export, "
                      "latency-table, calibrate, build-onnxruntime-int8, build-tensorrt-fp16, build-tensorrt-int8, evaluate, charts) "
                      "or one step (e.g. prune:ours_c3_r40). Repeatable.")] = None,
+    show_plan: Annotated[bool, typer.Option("--plan", help="Only show the steps, their dependencies, which are up to "
+                         "date, and the estimated wall time on --workers parallel workers; run nothing.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="With --plan: parallel workers to estimate for.")] = 1,
     set_: SetOpt = None,
 ) -> None:
     """The whole pipeline, resumable: steps whose inputs and settings are unchanged are skipped."""
@@ -34,9 +38,11 @@ def run(
             raise DatasetError(f"data set folder {cfg.data.root} not found (config key data.root)")
     except USER_ERRORS as exc:
         fail(exc)
+    manifest = Manifest.load(cfg.run_dir)
+    if show_plan:
+        return _show_plan(plan(cfg, RunState(cfg)), manifest, set(force or []), workers)
     console.print(f"run {cfg.run_dir} from {cfg.source}: data {cfg.data.root}, "
                   f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios")
-    manifest = Manifest.load(cfg.run_dir)
     outcomes = []
     with new_progress() as bar:
         state = RunState(cfg, progress=bar)
@@ -83,3 +89,27 @@ def run(
         console.print(table)
     console.print(f"results: {results}\ncharts:  {cfg.run_dir / 'charts'}\n"
                   f"manifest: {cfg.run_dir / 'manifest.json'}")
+
+
+def _show_plan(steps, manifest, force: set[str], workers: int) -> None:
+    """`run --plan`: what would run, what waits for what, and what N workers would take."""
+    from ..schedule import estimate, plan_view
+    from ..tables import plan_table
+
+    rows = plan_view(steps, manifest, force)
+    console.print(plan_table(rows))
+    for n in sorted({1, workers}):
+        e = estimate(rows, n)
+        console.print(f"{n} worker{'s' * (n > 1)}: about {_hms(e['wall_s'])} wall ({_hms(e['work_s'])} of work; "
+                      f"critical path {_hms(e['critical_path_s'])})")
+    unknown = [r.name for r in rows if r.seconds is None]
+    if unknown:
+        console.print(f"not in the estimate: {len(unknown)} step(s) never run in this manifest (e.g. {unknown[0]})",
+                      highlight=False)
+    console.print("estimates from the step times in manifest.json (this machine); list scheduling, longest path first")
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"

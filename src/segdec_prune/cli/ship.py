@@ -10,6 +10,7 @@ import typer
 from ..config import load_config
 from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail
 
+
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files (png, jpg, bmp, tif) and/or folders of them.")],
