@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__
 from .artifacts import sha256, strict_json
 from .config import Config
-from .deploy import ModelInfo, onnx_info, onnx_path, open_runtime
+from .deploy import ModelInfo, onnx_path, open_runtime
 from .results import RESULTS_FILE, library_versions
 
 CARD = "model_card.json"
@@ -41,9 +41,8 @@ def make_bundle(cfg: Config, name: str, out: Path) -> list[Path]:
             known = sorted(p.stem for p in (run / "onnx").glob("*.onnx") if not p.stem.endswith("_int8"))
             hint = f" (models with ONNX files: {', '.join(known)})" if known and kind == "fp32" else ""
             raise FileNotFoundError(f"no {kind.upper()} ONNX file {path}{hint}; run `{how[kind]}` or `segdec-prune run` first")
-    infos = {kind: onnx_info(path) for kind, path in files.items()}  # a damaged file fails here, in one line
-    for path in files.values():
-        open_runtime(path, threads=1)  # and must load in ONNX Runtime
+    # Each must load in ONNX Runtime; a damaged file fails here, in one line.
+    infos = {kind: open_runtime(path, threads=1)[1] for kind, path in files.items()}
     card = model_card(cfg, name, infos, files)
     out = Path(out)
     _check_target(out)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .artifacts import atomic_write
 from .checkpoint import InputSpec
-from .data.ksdd2 import resize_image
+from .data.ksdd2 import DatasetError, read_image, resize_image
 from .evaluation import sigmoid
 from .runtimes.base import Runtime
 
@@ -48,11 +48,6 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     if not found:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return found
-
-
-def read_image(path: Path, spec: InputSpec) -> np.ndarray | None:
-    """The image as OpenCV reads it for this model (BGR or grayscale), or None when unreadable."""
-    return cv2.imread(str(path), cv2.IMREAD_COLOR if spec.channels == 3 else cv2.IMREAD_GRAYSCALE)
 
 
 def model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -90,8 +85,9 @@ def _batches(paths: Sequence[Path], spec: InputSpec, size: int, report: PredictR
              ) -> Iterator[list[tuple[Path, np.ndarray]]]:
     batch: list[tuple[Path, np.ndarray]] = []
     for path in paths:
-        image = read_image(path, spec)
-        if image is None:
+        try:
+            image = read_image(path, spec.channels)  # as training reads it: BGR, or grayscale for 1 channel
+        except DatasetError:
             report.skipped.append((path, "unreadable: corrupt or not an image"))
             continue
         batch.append((path, image))

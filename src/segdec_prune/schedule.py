@@ -28,12 +28,18 @@ def dependencies(steps: Sequence[Step]) -> dict[str, list[str]]:
     return deps
 
 
-def bottom_levels(costs: Mapping[str, float], deps: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    """Each step's cost plus the longest chain of steps that wait for it."""
+def _users(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """step name -> the steps that wait for it (`deps` turned around)."""
     users: dict[str, list[str]] = {n: [] for n in deps}
     for n, ds in deps.items():
         for d in ds:
             users[d].append(n)
+    return users
+
+
+def bottom_levels(costs: Mapping[str, float], deps: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Each step's cost plus the longest chain of steps that wait for it."""
+    users = _users(deps)
 
     @cache
     def level(n: str) -> float:
@@ -49,10 +55,7 @@ def makespan(costs: Mapping[str, float], deps: Mapping[str, Sequence[str]], work
     priority = bottom_levels(costs, deps)
     order = {n: i for i, n in enumerate(deps)}
     waiting = {n: len(ds) for n, ds in deps.items()}
-    users: dict[str, list[str]] = {n: [] for n in deps}
-    for n, ds in deps.items():
-        for d in ds:
-            users[d].append(n)
+    users = _users(deps)
     ready = [(-priority[n], order[n], n) for n, k in waiting.items() if k == 0]
     heapq.heapify(ready)
     running: list[tuple[float, str]] = []  # (finish time, name)

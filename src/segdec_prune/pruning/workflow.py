@@ -16,7 +16,7 @@ import torch
 from rich.progress import Progress
 
 from ..calibration import select
-from ..checkpoint import Checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, Threshold, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
 from ..model import SegDecNet, count_parameters
@@ -102,6 +102,7 @@ class Recovered:
     val_ap: float
     rounds: list[dict]
     plan: dict
+    threshold: Threshold  # validation best-F1 of the returned model
 
 
 def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Config, data: RecoveryData,
@@ -126,8 +127,9 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
     for i, widths in enumerate(plan):
         model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options,
                                          p.seed + i, planned.scores if i == 0 else None)
-        record = {"widths": widths.to_dict(), "removed_channels": removed,
-                  "val_ap_pruned": validate(model, val_set, device).ap}
+        just_pruned = validate(model, val_set, device)
+        threshold = just_pruned.threshold
+        record = {"widths": widths.to_dict(), "removed_channels": removed, "val_ap_pruned": just_pruned.ap}
         iterations = total * (i + 1) // len(plan) - total * i // len(plan)
         if iterations:
             round_cfg = dataclasses.replace(ft_cfg, seed=ft_cfg.seed + i)
@@ -135,11 +137,12 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
             result = train(model, train_set, val_set, round_cfg, None, None, extra_loss=extra,
                            progress=progress, description=description + step, iterations=iterations)
             record.update(val_ap=result.best_val_ap, iterations=iterations, training=result.to_dict())
+            threshold = result.best_threshold  # of the weights train() kept
         else:
             record["val_ap"] = record["val_ap_pruned"]
         rounds.append(record)
         model.cpu()
-    return Recovered(model, rounds[0]["val_ap_pruned"], rounds[-1]["val_ap"], rounds, planned.info)
+    return Recovered(model, rounds[0]["val_ap_pruned"], rounds[-1]["val_ap"], rounds, planned.info, threshold)
 
 
 def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config, data: RecoveryData,
@@ -152,14 +155,12 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
                             f"fine-tune {name}", table, on_plan)
     pruned = out.model
     base_params = count_parameters(baseline.model)
-    threshold = validate(pruned, data.val_set, resolve_device(cfg.train.device)).threshold
-    pruned.cpu()
     meta = {
         "name": name, "method": method.name, "criterion": method.criterion,
         "ratio": None if isinstance(target, Budget) else target, "plan": out.plan,
         "widths": pruned.widths.to_dict(), "parameters": count_parameters(pruned),
         "param_reduction": 1 - count_parameters(pruned) / base_params,
-        "val_ap_pruned": out.val_ap_pruned, "val_ap": out.val_ap, "threshold": threshold.to_dict(),
+        "val_ap_pruned": out.val_ap_pruned, "val_ap": out.val_ap, "threshold": out.threshold.to_dict(),
         "removed_channels": out.rounds[0]["removed_channels"] if len(out.rounds) == 1 else None,
         "rounds": out.rounds, "teacher_sha256": data.teacher.baseline_sha256 if data.teacher and cfg.prune.distill else None,
         "finetune_config": dataclasses.asdict(finetune_config(cfg, finetune_epochs)) if finetune_epochs else None,

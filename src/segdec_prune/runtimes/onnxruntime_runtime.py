@@ -114,20 +114,15 @@ def quantize_prepared(prepared: str | os.PathLike, int8_path: str | os.PathLike,
     For ONNX Runtime on x86 the activations are asymmetric uint8 (U8S8): its VNNI kernels take
     u8 x s8, and on the development CPU U8S8 ran 2.5x faster than FP32 where S8S8 ran slower.
     TensorRT's explicit quantization needs symmetric int8 activations (`for_tensorrt=True`).
-    `cache` (a JSON path) keeps the calibrated ranges, so variants that differ only in `exclude`
-    calibrate once; where this ONNX Runtime can take cached ranges, we calibrate ourselves, with
-    2048 histogram bins: quantize_static's entropy calibrator keeps 128 bins, for which the KL
-    search has a single candidate (the full range), so "entropy" would silently equal minmax.
+    Where this ONNX Runtime takes cached ranges we calibrate ourselves, with 2048 histogram bins:
+    quantize_static's entropy calibrator keeps 128 bins, for which the KL search has a single
+    candidate (the full range), so "entropy" would silently equal minmax. `cache` (a JSON path)
+    keeps those ranges, so variants that differ only in `exclude` calibrate once.
     """
     if method not in CALIBRATIONS:
         raise ValueError(f"unknown INT8 calibration {method!r}; known: {', '.join(CALIBRATIONS)}")
-    options = {}
-    if cache and _has_cache_option():
-        if not Path(cache).is_file():
-            _calibrate(prepared, calibration, op_types, method, for_tensorrt, Path(cache))
-        options["calibration_cache_path"] = str(cache)
 
-    def write(out: Path) -> None:
+    def write(out: Path, options: dict) -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
             quantize_static(
                 str(prepared), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
@@ -137,7 +132,13 @@ def quantize_prepared(prepared: str | os.PathLike, int8_path: str | os.PathLike,
                 extra_options={"ActivationSymmetric": for_tensorrt, "CalibTensorRangeSymmetric": for_tensorrt}, **options,
             )
 
-    return atomic_write(int8_path, write)
+    if not _has_cache_option():  # an older ONNX Runtime: its own calibrators
+        return atomic_write(int8_path, lambda out: write(out, {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(cache) if cache else Path(tmp) / "ranges.json"
+        if not cache.is_file():
+            _calibrate(prepared, calibration, op_types, method, for_tensorrt, cache)
+        return atomic_write(int8_path, lambda out: write(out, {"calibration_cache_path": str(cache)}))
 
 
 def _has_cache_option() -> bool:
@@ -161,11 +162,8 @@ def _calibrate(prepared: str | os.PathLike, calibration: np.ndarray, op_types: S
 
 
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray,
-                  op_types: Sequence[str] = ("Conv",), for_tensorrt: bool = False, method: str = "minmax",
-                  exclude_weights: Sequence[str] = ()) -> Path:
-    """Pre-process and quantize in one go (see `quantize_prepared`); `exclude_weights` names
-    layers by weight-name prefix (e.g. "volume.0.")."""
+                  op_types: Sequence[str] = ("Conv",), for_tensorrt: bool = False, method: str = "minmax") -> Path:
+    """Pre-process and quantize in one go, every op of `op_types` INT8 (see `quantize_prepared`)."""
     with tempfile.TemporaryDirectory() as tmp:
         pre = prepare_for_quantization(fp32_path, Path(tmp) / "pre.onnx")
-        exclude = conv_nodes(onnx.load(str(pre)), exclude_weights) if exclude_weights else []
-        return quantize_prepared(pre, int8_path, calibration, op_types, method, exclude, for_tensorrt)
+        return quantize_prepared(pre, int8_path, calibration, op_types, method, for_tensorrt=for_tensorrt)
