@@ -65,6 +65,8 @@ class Step:
     outputs: Callable[[], list[Path]]
     stage: str = ""
     produces: list[Path] | None = None  # files it writes when it can run (default: outputs())
+    gpu: bool = False  # runs faster on a GPU (training, TensorRT): a cluster gives it one
+    exclusive: bool = False  # times latency: a cluster runs it alone on its node
 
     def products(self) -> list[Path]:
         """What later steps may read from it: the plan view's dependencies."""
@@ -89,7 +91,7 @@ class Manifest:
 @dataclass
 class Outcome:
     name: str
-    status: str  # done | skipped (up to date) | unavailable
+    status: str  # done | skipped (up to date) | unavailable | failed | blocked (after a failed step)
     seconds: float
     detail: str = ""
 
@@ -102,31 +104,46 @@ def is_current(record: dict | None, step: Step, inputs: dict[str, str]) -> bool:
     return all(Path(p).exists() for p in record.get("outputs", []))
 
 
+def needs_run(step: Step, manifest: Manifest, force: set[str]) -> tuple[bool, dict[str, str]]:
+    """(whether the step must run, its input fingerprints): forced, or its record is stale."""
+    inputs = {str(p): fingerprint(p) for p in step.inputs}
+    forced = step.name in force or step.stage in force
+    return forced or not is_current(manifest.steps.get(step.name), step, inputs), inputs
+
+
+def record(manifest: Manifest, step: Step, inputs: dict[str, str], status: str, detail: str, seconds: float,
+           versions: dict[str, str], device: str, node: str | None = None) -> Outcome:
+    """Write one finished step into the manifest (saved at once, atomically); its outcome."""
+    manifest.steps[step.name] = {
+        "status": status, "stage": step.stage or step.name, "inputs": inputs,
+        "params": params_hash(step.params), "outputs": [str(p) for p in step.outputs()],
+        "wall_seconds": round(seconds, 3), "detail": str(detail), "versions": versions, "device": device,
+        **({"node": node} if node else {}), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    manifest.save()
+    return Outcome(step.name, status, seconds, str(detail))
+
+
+def run_step(step: Step) -> tuple[str, str, float]:
+    """(status, detail, seconds) of running one step here; StageUnavailable is a status, not an error."""
+    t0 = time.perf_counter()
+    try:
+        detail, status = step.run() or "", "done"
+    except StageUnavailable as exc:
+        detail, status = str(exc), "unavailable"
+    return status, str(detail), time.perf_counter() - t0
+
+
 def execute(steps: Iterable[Step], manifest: Manifest, force: set[str], versions: dict[str, str],
             device: str, on_event: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Run or skip each step in order; the manifest is saved after every step."""
+    """The local executor: run or skip each step in plan order; the manifest is saved after every step."""
     outcomes = []
     for step in steps:
-        inputs = {str(p): fingerprint(p) for p in step.inputs}
-        forced = step.name in force or step.stage in force
-        if not forced and is_current(manifest.steps.get(step.name), step, inputs):
-            out = Outcome(step.name, "skipped", 0.0, "up to date")
+        stale, inputs = needs_run(step, manifest, force)
+        if stale:
+            out = record(manifest, step, inputs, *run_step(step), versions, device)
         else:
-            t0 = time.perf_counter()
-            try:
-                detail = step.run() or ""
-                status = "done"
-            except StageUnavailable as exc:
-                detail, status = str(exc), "unavailable"
-            seconds = time.perf_counter() - t0
-            manifest.steps[step.name] = {
-                "status": status, "stage": step.stage or step.name, "inputs": inputs,
-                "params": params_hash(step.params), "outputs": [str(p) for p in step.outputs()],
-                "wall_seconds": round(seconds, 3), "detail": str(detail), "versions": versions, "device": device,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            manifest.save()
-            out = Outcome(step.name, status, seconds, str(detail))
+            out = Outcome(step.name, "skipped", 0.0, "up to date")
         outcomes.append(out)
         if on_event:
             on_event(out)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from .pipeline import Manifest, Step, fingerprint, is_current
+from .pipeline import Manifest, Step, needs_run
 
 
 def dependencies(steps: Sequence[Step]) -> dict[str, list[str]]:
@@ -94,9 +94,8 @@ def plan_view(steps: Sequence[Step], manifest: Manifest, force: set[str] = froze
     for step in steps:
         stage = step.stage or step.name
         record = manifest.steps.get(step.name)
-        inputs = {str(p): fingerprint(p) for p in step.inputs}
-        stale = [d for d in deps[step.name] if d in to_run]  # its inputs will be rewritten first
-        if not stale and step.name not in force and stage not in force and is_current(record, step, inputs):
+        upstream = [d for d in deps[step.name] if d in to_run]  # its inputs will be rewritten first
+        if not upstream and not needs_run(step, manifest, force)[0]:
             rows.append(PlannedStep(step.name, stage, "up to date", 0.0, "skipped", deps[step.name]))
             continue
         if record and record.get("status") == "unavailable":

@@ -29,7 +29,10 @@ def baseline_path(cfg: Config) -> Path:
 
 def train_baseline(cfg: Config, sets: tuple[KSDD2Dataset, KSDD2Dataset], progress: Progress | None = None,
                    show_progress: bool = True) -> TrainResult:
+    from .training import seed_everything
+
     train_set, val_set = sets
+    seed_everything(cfg.train.seed)  # the initial weights too: the same config trains the same baseline
     model = SegDecNet(in_channels=cfg.data.channels)
     spec = InputSpec(channels=cfg.data.channels, height=cfg.data.input_height, width=cfg.data.input_width,
                      dilate=cfg.data.dilate)
@@ -147,7 +150,8 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     run = cfg.run_dir
     data = Path(cfg.data.root)
     base = baseline_path(cfg)
-    steps = [Step("train", lambda: _train(state), [data], config_sections(cfg, "data", "train"), lambda: [base])]
+    steps = [Step("train", lambda: _train(state), [data], config_sections(cfg, "data", "train"), lambda: [base],
+                  gpu=True)]
     prune_steps, names = _prune_steps(cfg, state, base)
     steps += prune_steps
     models = ["baseline_best", *names]
@@ -173,14 +177,31 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
             on_val = rt == "onnxruntime" and dt == "int8"  # chosen on the validation split
             steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, [deploy.onnx_path(run, n), calib, *([data] if on_val else [])],
                               {**search, **(config_sections(cfg, "data") if on_val else {})},
-                              lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}", [out]))
+                              lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}", [out],
+                              gpu=rt == "tensorrt"))
     artifacts = [p for n in models for p in (run / "models" / f"{n}.pth", deploy.onnx_path(run, n),
-                                             deploy.onnx_path(run, n, "int8"))]
+                                             deploy.onnx_path(run, n, "int8"), deploy.engine_path(run, n, "fp16"),
+                                             deploy.engine_path(run, n, "int8"))]  # engines: "missing" without TensorRT
     results = run / RESULTS_FILE
     steps.append(Step("evaluate", lambda: _evaluate(state, evaluate_run), artifacts,
-                      {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None}, lambda: [results]))
+                      {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None}, lambda: [results],
+                      gpu=True, exclusive=True))  # times every model: alone on its node
     steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
     return steps
+
+
+def record_command(cfg: Config, name: str, seconds: float, detail: str) -> bool:
+    """Record what a standalone command just made as the pipeline step it equals, so `run` (local or
+    Ray) skips it: e.g. a baseline trained with torchrun. False when the plan has no such step."""
+    from .pipeline import Manifest, machine, needs_run, record
+    from .results import library_versions
+
+    step = next((s for s in plan(cfg, RunState(cfg)) if s.name == name), None)
+    if step is None:
+        return False
+    manifest = Manifest.load(cfg.run_dir)
+    record(manifest, step, needs_run(step, manifest, set())[1], "done", detail, seconds, library_versions(), machine())
+    return True
 
 
 def sweep(cfg: Config) -> list[tuple[str, Target]]:
@@ -241,7 +262,8 @@ def _prune_steps(cfg: Config, state: RunState, base: Path) -> tuple[list[Step], 
             table, reused = state.latency_table(rt, prec)
             return f"{'reused' if reused else f'measured in {table.seconds:.0f} s'}; channel step {table.step}"
 
-        steps.append(Step(f"latency-table:{rt}-{prec}", run_table, [], key, lambda: table_inputs, "latency-table"))
+        steps.append(Step(f"latency-table:{rt}-{prec}", run_table, [], key, lambda: table_inputs, "latency-table",
+                          exclusive=True))
     for m, target in jobs:
         method, name = get_method(m), target_name(get_method(m), target)
         is_latency = isinstance(target, Budget) and target.kind == "latency"
@@ -259,7 +281,8 @@ def _prune_steps(cfg: Config, state: RunState, base: Path) -> tuple[list[Step], 
         params = {**settings, "method": m, "target": dataclasses.asdict(target)} if budget else \
             {**uniform, "method": m, "ratio": target}  # as before budgets existed: old runs stay up to date
         steps.append(Step(f"prune:{name}", run_prune, [base, *(table_inputs if is_latency else [])], params,
-                          lambda name=name: [run / "models" / f"{name}.pth"], "prune"))
+                          lambda name=name: [run / "models" / f"{name}.pth"], "prune", gpu=True,
+                          exclusive=is_latency))  # a latency budget times its plan
     return steps, names
 
 

@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from torch.utils.data import default_collate
+
+from . import distributed
 from .checkpoint import InputSpec, Threshold, save_checkpoint
 from .config import TrainConfig
 from .data.dataset import EpochSampler, KSDD2Dataset
@@ -74,11 +77,13 @@ def new_progress(disable: bool = False) -> Progress:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The config's device; under torchrun, "cuda" means this rank's own GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    ranks = distributed.ranks()
+    return torch.device("cuda", ranks.local_rank) if name == "cuda" and ranks.world > 1 else torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -140,19 +145,26 @@ def train(
     """Train in place; leaves the model holding its best-by-validation weights and saves them
     to `save_path` (None: the caller saves). Pass `progress` to show it inside an existing display.
     `iterations` stops after that many batches instead of `cfg.epochs` whole epochs (iterative
-    pruning's short rounds); the last (partial) epoch always validates."""
+    pruning's short rounds); the last (partial) epoch always validates.
+    Under torchrun it trains data-parallel (`distributed`): same epochs and global batch, rank 0
+    validates and saves, and every rank returns with rank 0's best weights and result."""
     seed_everything(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
+    ranks, device = distributed.setup(resolve_device(cfg.device))
+    if cfg.batch_size < ranks.world:
+        raise ValueError(f"train.batch_size {cfg.batch_size} is the global batch: at least one sample per process "
+                         f"({ranks.world}) needed")
     model.to(device)
     model.decision_grad_scale = 0.0 if cfg.gradient_adjustment else 1.0
+    net = model if ranks.world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = EpochSampler(train_set.labels, cfg.frequency_sampling, cfg.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
-    total = iterations if iterations is not None else cfg.epochs * len(loader)
+    per_epoch = -(-len(sampler) // cfg.batch_size)
+    total = iterations if iterations is not None else cfg.epochs * per_epoch
     if total < 1:
         raise ValueError(f"nothing to train: {total} iterations")
-    epochs = -(-total // len(loader))
+    epochs = -(-total // per_epoch)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
                 if cfg.lr_schedule == "cosine" else None)
@@ -165,26 +177,28 @@ def train(
             w_seg, w_dec = loss_weights(epoch, cfg)
             model.train()
             sums, n, t0 = np.zeros(4), 0, time.perf_counter()
-            for batch in loader:
+            for indices, share in distributed.batch_shares(list(sampler), cfg.batch_size, ranks):
                 if step == total:
                     break
-                batch = {k: v.to(device) for k, v in batch.items()}
-                outputs = model(batch["image"])
+                batch = {k: v.to(device) for k, v in default_collate([train_set[i] for i in indices]).items()}
+                outputs = net(batch["image"])
                 loss_seg, loss_dec = output_losses(outputs, batch, cfg.weighted_seg_loss)
                 loss = w_seg * loss_seg + w_dec * loss_dec
                 extra = extra_loss(model, batch, outputs) if extra_loss is not None else torch.zeros(())
                 loss = loss + extra
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages gradients over ranks: weighting by ranks x share makes that the batch mean's
+                (loss if ranks.world == 1 else loss * (share * ranks.world)).backward()
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
-                sums += [loss_seg.item(), loss_dec.item(), loss.item(), extra.item()]
+                parts = torch.tensor([loss_seg.item(), loss_dec.item(), loss.item(), extra.item()], dtype=torch.float64)
+                sums += (parts if ranks.world == 1 else distributed.sum_over_ranks(parts * share)).numpy()
                 n, step = n + 1, step + 1
                 bar.update(task, advance=1, info=f"ep {epoch + 1} seg {sums[0] / n:.4f} dec {sums[1] / n:.4f}")
             mean = (sums / max(n, 1)).tolist()
             rec = EpochRecord(epoch, *mean[:3], seconds=time.perf_counter() - t0, loss_extra=mean[3])
-            if (epoch + 1) % cfg.validate_every == 0 or epoch == epochs - 1:
+            if ranks.main and ((epoch + 1) % cfg.validate_every == 0 or epoch == epochs - 1):
                 rec.val_ap, rec.val_loss, threshold = validate(model, val_set, device)
                 if (rec.val_ap, -rec.val_loss) > (best_key[0], -best_key[1]):
                     best_key = (rec.val_ap, rec.val_loss)
@@ -201,17 +215,22 @@ def train(
         if progress is not None:
             bar.remove_task(task)
     result.seconds = time.perf_counter() - start
-    assert best_state is not None  # the last epoch always validates
-    model.load_state_dict(best_state)
-    if save_path is not None:
+    if ranks.main:
+        assert best_state is not None  # the last epoch always validates
+        model.load_state_dict(best_state)
+    if ranks.world > 1:  # the others go on from rank 0's choice
+        distributed.share_weights(model)
+        result = distributed.from_main(result)
+    if save_path is not None and ranks.main:
         assert input_spec is not None, "saving a checkpoint needs the model's input spec"
         meta = {**(metadata or {}), "training": result.to_dict(), "train_config": asdict(cfg),
-                "threshold": result.best_threshold.to_dict()}
+                "threshold": result.best_threshold.to_dict(), "world_size": ranks.world}
         save_checkpoint(save_path, model.cpu(), input_spec, meta)
         model.to(device)
+    distributed.barrier()  # no rank reads the checkpoint before it is written
     return result
 
 
 def batches_per_epoch(train_set: KSDD2Dataset, batch_size: int) -> int:
-    """Batches in one balanced epoch (what `EpochSampler` draws), as `train`'s loader yields them."""
+    """Batches in one balanced epoch (what `EpochSampler` draws), as `train` batches them."""
     return -(-len(EpochSampler(train_set.labels, False, 0)) // batch_size)

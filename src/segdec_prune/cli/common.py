@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import get_console
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import distributed
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data.ksdd2 import DatasetError
@@ -31,13 +33,15 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)])
     logging.getLogger("segdec_prune").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if distributed.ranks().rank > 0:  # under torchrun rank 0 speaks for all (errors still reach stderr)
+        console.quiet = get_console().quiet = True
 
 
-def fail(exc: Exception | str) -> None:
-    """One red line, exit code 2: how every command reports bad input."""
+def fail(exc: Exception | str, code: int = 2) -> None:
+    """One red line, then exit (2: how every command reports bad input)."""
     console.print("[bold red]error:[/]", end=" ")
     console.print(str(exc), markup=False, highlight=False)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def counter(description: str) -> Progress:

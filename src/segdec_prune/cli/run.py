@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +16,11 @@ from ..data.ksdd2 import DatasetError
 from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail
 
 
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 def run(
     config: ConfigOpt,
@@ -23,9 +30,16 @@ def run(
     show_plan: Annotated[bool, typer.Option("--plan", help="Only show the steps, their dependencies, which are up to "
                          "date, and the estimated wall time on --workers parallel workers; run nothing.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="With --plan: parallel workers to estimate for.")] = 1,
+    executor: Annotated[Executor, typer.Option(help="local: one step after another in this process; ray: "
+                        "independent steps as Ray tasks (needs the cluster extra).")] = Executor.local,
+    address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join (e.g. auto, "
+                       "HEAD:6379); default: a running cluster, else a new one on this machine.")] = None,
+    task_cpus: Annotated[int, typer.Option(min=1, help="With --executor ray: CPUs per task (latency steps take "
+                         "their whole node).")] = 1,
     set_: SetOpt = None,
 ) -> None:
     """The whole pipeline, resumable: steps whose inputs and settings are unchanged are skipped."""
+    from ..cluster import ClusterError
     from ..pipeline import Manifest, execute, machine
     from ..results import RESULTS_FILE, library_versions
     from ..stages import RunState, plan
@@ -36,13 +50,15 @@ def run(
         cfg = load_config(config, set_)
         if not Path(cfg.data.root).is_dir():
             raise DatasetError(f"data set folder {cfg.data.root} not found (config key data.root)")
-    except USER_ERRORS as exc:
+        if executor is Executor.local and address is not None:
+            raise ClusterError("--address needs --executor ray")
+    except (*USER_ERRORS, ClusterError) as exc:
         fail(exc)
     manifest = Manifest.load(cfg.run_dir)
     if show_plan:
         return _show_plan(plan(cfg, RunState(cfg)), manifest, set(force or []), workers)
     console.print(f"run {cfg.run_dir} from {cfg.source}: data {cfg.data.root}, "
-                  f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios")
+                  f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios, {executor.value} executor")
     outcomes = []
     with new_progress() as bar:
         state = RunState(cfg, progress=bar)
@@ -64,23 +80,40 @@ def run(
                     said.add((stage_of[o.name], o.detail))
                     bar.console.print(f"{stage_of[o.name]}: unavailable, every model: {o.detail}", markup=False,
                                       highlight=False)
+            elif o.status == "blocked":
+                bar.console.print(f"{o.name}: blocked, {o.detail}", markup=False, highlight=False)
             elif o.status != "skipped":
                 bar.console.print(f"{o.name}: {o.status} in {o.seconds:.1f} s {o.detail}", markup=False, highlight=False)
 
+        start = time.perf_counter()
         try:
-            outcomes = execute(steps, manifest, set(force or []), library_versions(), machine(), event)
+            if executor is Executor.ray:
+                from ..cluster import execute_ray
+
+                outcomes = execute_ray(cfg, steps, manifest, set(force or []), event, address, task_cpus)
+            else:
+                outcomes = execute(steps, manifest, set(force or []), library_versions(), machine(), event)
         except (*USER_ERRORS, ValueError, RuntimeError) as exc:
             bar.stop()
             fail(exc)
     stages: dict[str, list] = {}
     for o in outcomes:
         stages.setdefault(stage_of[o.name], []).append(o)
-    table = Table("stage", "steps", "ran", "up to date", "unavailable", "seconds", title="pipeline")
+    kinds = ["done", "skipped", "unavailable"] + [k for k in ("failed", "blocked") if any(o.status == k for o in outcomes)]
+    table = Table("stage", "steps", "ran", "up to date", *kinds[2:], "seconds", title="pipeline")
     for stage, os_ in stages.items():
-        count = {k: sum(o.status == k for o in os_) for k in ("done", "skipped", "unavailable")}
-        table.add_row(stage, str(len(os_)), str(count["done"]), str(count["skipped"]), str(count["unavailable"]),
+        table.add_row(stage, str(len(os_)), *(str(sum(o.status == k for o in os_)) for k in kinds),
                       f"{sum(o.seconds for o in os_):.1f}")
     console.print(table)
+    console.print(f"wall time {_hms(time.perf_counter() - start)} for {_hms(sum(o.seconds for o in outcomes))} of steps "
+                  f"({executor.value} executor)", highlight=False)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        for o in failed:
+            console.print(f"failed: {o.name}: {o.detail}", markup=False, highlight=False)
+        blocked = sum(o.status == "blocked" for o in outcomes)
+        fail(f"{len(failed)} step(s) failed, {blocked} not run because they need them; fix and run again "
+             "(finished steps are kept)", code=1)
     reasons = {o.detail for o in outcomes if o.status == "unavailable"}
     for reason in reasons:
         console.print(f"unavailable here: {reason}", markup=False, highlight=False)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from .. import distributed
 from ..calibration import select
 from ..checkpoint import Checkpoint, Threshold, save_checkpoint
 from ..config import Config, TrainConfig
@@ -167,7 +168,9 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
         "prune_config": dataclasses.asdict(cfg.prune), "config": cfg.to_dict(),
     }
     path = cfg.run_dir / "models" / f"{name}.pth"
-    save_checkpoint(path, pruned, baseline.input_spec, meta)
+    if distributed.ranks().main:  # under torchrun every rank holds the same model; one writes it
+        save_checkpoint(path, pruned, baseline.input_spec, meta)
+    distributed.barrier()
     return PruneOutcome(name, path, pruned.widths.to_dict(), out.val_ap_pruned, out.val_ap, time.perf_counter() - start,
                         out.plan)
 
