@@ -1,7 +1,7 @@
 """Charts from real_evaluation_results.json (matplotlib, written atomically as PNG).
 
-chart1_master_benchmark.png  AP vs GMACs per method; AP vs latency per runtime; parameters per
-                             model; measured speedup vs MAC reduction (with the ideal curve)
+chart1_master_benchmark.png  AP vs GMACs per method; parameters per model; per runtime: AP vs
+                             latency (Pareto models labelled), measured vs ideal speed-up
 chart2_pareto.png            AP vs CPU latency, every model x ONNX Runtime dtype, Pareto front
 chart3_qualitative.png       defective test images: ground truth, baseline and a pruned model
 """
@@ -9,6 +9,7 @@ chart3_qualitative.png       defective test images: ground truth, baseline and a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -39,75 +40,133 @@ def _save(fig, path: Path) -> Path:
     return out
 
 
+OFFSETS = [(4, 4), (4, -10), (-16, 4), (-16, -10), (8, 12), (8, -18), (-24, 12), (-24, -18), (14, 0), (-30, 0)]
+
+
+def place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 7,
+                 avoid: Sequence[tuple[float, float]] = ()) -> int:
+    """Annotate points, each at the first nearby offset where it overlaps no earlier label and no
+    marker (its points' and `avoid`'s); a label with no free spot is left out. Returns how many
+    were placed."""
+    renderer = ax.figure.canvas.get_renderer()
+    to_px = ax.transData.transform
+    marks = [to_px((x, y)) for x, y in [*((x, y) for x, y, _ in points), *avoid]]
+    placed = []
+    for x, y, text in points:
+        for dx, dy in OFFSETS:
+            t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize)
+            box = t.get_window_extent(renderer).padded(1)
+            if not any(box.overlaps(b) for b in placed) and not any(box.contains(*m) for m in marks):
+                placed.append(box)
+                break
+            t.remove()
+    return len(placed)
+
+
+def _front(rows: list[dict]) -> list[dict]:
+    return pareto_front(rows, runtime=None)
+
+
+def _method_legend(fig, color: dict[str, str]) -> None:
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=m) for m, c in color.items()]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 0.965), title="colour = pruning method (same in every panel)", title_fontsize=9)
+
+
 def master(records: list[dict], path: Path) -> Path:
+    """2 x 2 summary on top; below, one panel per runtime for accuracy vs latency (its Pareto
+    models labelled) and for speed-up vs MAC reduction (with the ideal curve)."""
     methods = sorted({r["method"] for r in records}, key=lambda m: (m != "baseline", m))
     color = _colors(methods)
     torch_rows = [r for r in records if r["runtime"] == "torch"]
     base = next(r for r in torch_rows if r["method"] == "baseline")
-    fig, ax = plt.subplots(2, 2, figsize=(14, 10))
-    a = ax[0, 0]
+    kinds = [k for k in MARKERS if any((r["runtime"], r["dtype"]) == k for r in records)]
+    fig = plt.figure(figsize=(max(14, 4.2 * len(kinds)), 17))
+    grid = fig.add_gridspec(3, 1, height_ratios=[1.1, 1, 1], hspace=0.38, top=0.9, bottom=0.05, left=0.06, right=0.98)
+    top = grid[0].subgridspec(1, 2, wspace=0.25)
+    a = fig.add_subplot(top[0])
+    labels = []
     for m in methods[1:]:
         rows = sorted((r for r in torch_rows if r["method"] == m), key=lambda r: -r["macs"])
-        a.plot([r["macs"] / 1e9 for r in rows], [r["ap"] for r in rows], "-o", color=color[m], label=m)
-        for r in rows:
-            a.annotate(r["model"][len(m) + 1:], (r["macs"] / 1e9, r["ap"]), fontsize=7, xytext=(3, 3),
-                       textcoords="offset points")
-    a.plot(base["macs"] / 1e9, base["ap"], "*", ms=16, color="black", label="baseline")
-    a.set(xlabel="GMACs per image (run's input size)", ylabel="test AP", title="Accuracy vs compute (PyTorch)")
-    a.legend(fontsize=8)
-    a = ax[0, 1]
-    for r in records:
-        a.scatter(r["latency_ms_median"], r["ap"], marker=MARKERS.get((r["runtime"], r["dtype"]), "x"),
-                  color=color[r["method"]], s=60 if r["method"] == "baseline" else 30)
-    for key, mk in MARKERS.items():
-        if any((r["runtime"], r["dtype"]) == key for r in records):
-            a.scatter([], [], marker=mk, color="gray", label=f"{key[0]} {key[1]}")
-    a.set(xlabel="batch-1 latency, median (ms, log scale)", ylabel="test AP", title="Accuracy vs latency per runtime")
-    a.set_xscale("log")
-    a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    a.legend(fontsize=8)
-    a = ax[1, 0]
+        a.plot([r["macs"] / 1e9 for r in rows], [r["ap"] for r in rows], "-o", color=color[m])
+        labels += [(r["macs"] / 1e9, r["ap"], r["model"]) for r in rows]
+    a.plot(base["macs"] / 1e9, base["ap"], "*", ms=16, color="black")
+    a.set(xlabel="GMACs per image (run's input size)", ylabel="test AP",
+          title="Accuracy vs compute (PyTorch FP32; star = baseline, lines join a method's ratios)")
+    a = fig.add_subplot(top[1])
     rows = sorted(torch_rows, key=lambda r: -r["parameters"])
     a.barh([r["model"] for r in rows], [r["parameters"] / 1e6 for r in rows], color=[color[r["method"]] for r in rows])
-    a.set(xlabel="parameters (millions)", title="Model size")
+    a.set(xlabel="parameters (millions)", title="Model size (bar colour = method)")
     a.tick_params(axis="y", labelsize=7)
     a.invert_yaxis()
-    a = ax[1, 1]
+    lat = grid[1].subgridspec(1, len(kinds), wspace=0.08)
+    spd = grid[2].subgridspec(1, len(kinds), wspace=0.18)
     red = np.linspace(0, 0.9, 50)
-    a.plot(red * 100, 1 / (1 - red), "--", color="gray", label="ideal: 1 / (1 - MAC reduction)")
-    for r in records:
-        if r["speedup_vs_baseline"] and r["mac_reduction"] is not None:
-            a.scatter(r["mac_reduction"] * 100, r["speedup_vs_baseline"], color=color[r["method"]],
-                      marker=MARKERS.get((r["runtime"], r["dtype"]), "x"))
-    a.set(xlabel="MAC reduction (%)", ylabel="measured speedup vs baseline (same runtime)",
-          title="Does pruning pay off in the runtime?")
-    a.legend(fontsize=8)
-    fig.suptitle(f"SegDecNet pruning benchmark ({base['threads']} threads, {base['device']})")
-    return _save(fig, path)
+    fronts = []
+    for i, kind in enumerate(kinds):
+        rows = [r for r in records if (r["runtime"], r["dtype"]) == kind]
+        a = fig.add_subplot(lat[i], sharey=fig.axes[2] if i else None)
+        for r in rows:
+            a.scatter(r["latency_ms_median"], r["ap"], marker=MARKERS[kind], color=color[r["method"]],
+                      s=70 if r["method"] == "baseline" else 32, zorder=3)
+        front = _front(rows)
+        a.plot([r["latency_ms_median"] for r in front], [r["ap"] for r in front], "-", color="red", lw=1, zorder=2)
+        fronts.append((a, [(r["latency_ms_median"], r["ap"], r["model"]) for r in front],
+                       [(r["latency_ms_median"], r["ap"]) for r in rows]))
+        a.set(xlabel="batch-1 latency, median (ms)", title=f"{kind[0]} {kind[1]}: AP vs latency\n(red line: Pareto "
+              "front, labelled)")
+        a.set_ylabel("test AP" if i == 0 else "")
+        a.tick_params(labelleft=i == 0)
+        b = fig.add_subplot(spd[i])
+        top_speed = max((r["speedup_vs_baseline"] or 1 for r in rows), default=1)
+        ideal = red[1 / (1 - red) <= 1.5 * top_speed]  # the ideal curve up to a little above the measured points
+        b.plot(ideal * 100, 1 / (1 - ideal), "--", color="gray", label="ideal: 1 / (1 - MAC reduction)")
+        for r in rows:
+            if r["speedup_vs_baseline"] and r["mac_reduction"] is not None:
+                b.scatter(r["mac_reduction"] * 100, r["speedup_vs_baseline"], color=color[r["method"]],
+                          marker=MARKERS[kind], s=32, zorder=3)
+        b.set(xlabel="MAC reduction (%)", title=f"{kind[0]} {kind[1]}: measured vs ideal speed-up")
+        b.set_ylabel("speed-up vs baseline (same runtime)" if i == 0 else "")
+        b.legend(fontsize=8, loc="upper left")
+    _method_legend(fig, color)
+    fig.suptitle(f"SegDecNet pruning benchmark ({base['threads']} threads, {base['device']})", y=0.995)
+    place_labels(fig.axes[0], labels)
+    for a, points, others in fronts:
+        place_labels(a, points, avoid=others)
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return out
 
 
 def pareto(records: list[dict], path: Path) -> Path:
     rows = [r for r in records if r["runtime"] == "onnxruntime"] or records
     front = pareto_front(records)
     color = _colors(sorted({r["method"] for r in rows}, key=lambda m: (m != "baseline", m)))
-    fig, a = plt.subplots(figsize=(10, 8))
+    fig, a = plt.subplots(figsize=(12, 8))
     for r in rows:
         a.scatter(r["latency_ms_median"], r["ap"], color=color[r["method"]], marker=MARKERS.get((r["runtime"], r["dtype"]), "x"))
     a.plot([r["latency_ms_median"] for r in front], [r["ap"] for r in front], "-", color="red", lw=1.5, label="Pareto front")
     lines = []  # the operating point a deployment gets: each model's validation threshold, not the test-optimal one
     for k, r in enumerate(front, 1):
-        a.annotate(str(k), (r["latency_ms_median"], r["ap"]), fontsize=8, fontweight="bold", xytext=(4, 4),
-                   textcoords="offset points")
         lines.append(f"{k}  {r['model']} {r['dtype']}: AP {r['ap']:.3f}, {r['latency_ms_median']:.1f} ms, F1 {r['f1']:.2f}, "
                      f"FP/FN {r['fp_at_threshold']}/{r['fn_at_threshold']} at {r['threshold']:.2f}")
     a.text(0.0, -0.1, "Pareto front (F1, FP/FN at the model's validation threshold)\n" + "\n".join(lines),
            transform=a.transAxes, fontsize=7.5, ha="left", va="top", family="monospace",
            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
     for m, c in color.items():
-        a.scatter([], [], color=c, label=m)
-    a.set(xlabel="batch-1 CPU latency, median (ms)", ylabel="test AP", title="Which model to ship: ONNX Runtime on the CPU")
-    a.legend(fontsize=8, loc="upper right")
+        a.scatter([], [], color=c, marker="o", label=f"colour: {m}")
+    for key in sorted({(r["runtime"], r["dtype"]) for r in rows}, key=list(MARKERS).index):
+        a.scatter([], [], color="gray", marker=MARKERS[key], label=f"marker: {key[0]} {key[1]}")
+    a.set(xlabel="batch-1 CPU latency, median (ms, log scale)", ylabel="test AP",
+          title="Which model to ship: ONNX Runtime on the CPU (numbers: the Pareto front, listed below)")
+    a.set_xscale("log")
+    a.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    a.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot: it hides no point
+    fig.tight_layout()
+    place_labels(a, [(r["latency_ms_median"], r["ap"], str(k)) for k, r in enumerate(front, 1)], fontsize=9,
+                 avoid=[(r["latency_ms_median"], r["ap"]) for r in rows])
     return _save(fig, path)
 
 

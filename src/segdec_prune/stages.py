@@ -21,6 +21,7 @@ from .training import TrainResult, train
 
 
 EXPORT_METADATA = 2  # 2: the decision threshold joined the ONNX metadata (older exports redo)
+REPORT_VERSION = 1  # raise when the page changes, so `run` rewrites old reports
 
 
 def baseline_path(cfg: Config) -> Path:
@@ -187,6 +188,8 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
                       {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None}, lambda: [results],
                       gpu=True, exclusive=True))  # times every model: alone on its node
     steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
+    steps.append(Step("report", lambda: _report(cfg), [results, *_chart_files(run), *_benchmark_files(run)],
+                      {"config": cfg.to_dict(), "version": REPORT_VERSION}, lambda: [run / "report.html"]))
     return steps
 
 
@@ -358,6 +361,18 @@ def _charts(cfg: Config) -> str:
     from .charts import make_charts
 
     return ", ".join(p.name for p in make_charts(cfg))
+
+
+def _report(cfg: Config) -> str:
+    from .report import make_report
+
+    return str(make_report(cfg))
+
+
+def _benchmark_files(run: Path) -> list[Path]:
+    from .report import BENCHMARKS
+
+    return [run / f for f in BENCHMARKS]
 
 
 def _chart_files(run: Path) -> list[Path]:

@@ -25,7 +25,8 @@ class Executor(str, Enum):
 def run(
     config: ConfigOpt,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun a stage (train, prune, profile, export, "
-                     "latency-table, calibrate, build-onnxruntime-int8, build-tensorrt-fp16, build-tensorrt-int8, evaluate, charts) "
+                     "latency-table, calibrate, build-onnxruntime-int8, build-tensorrt-fp16, build-tensorrt-int8, evaluate, charts, "
+                     "report) "
                      "or one step (e.g. prune:ours_c3_r40). Repeatable.")] = None,
     show_plan: Annotated[bool, typer.Option("--plan", help="Only show the steps, their dependencies, which are up to "
                          "date, and the estimated wall time on --workers parallel workers; run nothing.")] = False,
@@ -121,7 +122,7 @@ def run(
     if results.is_file() and (table := ship_table(json.loads(results.read_text())["records"])):
         console.print(table)
     console.print(f"results: {results}\ncharts:  {cfg.run_dir / 'charts'}\n"
-                  f"manifest: {cfg.run_dir / 'manifest.json'}")
+                  f"manifest: {cfg.run_dir / 'manifest.json'}\nreport:  {cfg.run_dir / 'report.html'}")
 
 
 def _show_plan(steps, manifest, force: set[str], workers: int) -> None:

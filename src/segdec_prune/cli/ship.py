@@ -1,4 +1,4 @@
-"""Commands that put a chosen model to work: predict on new images, bundle it for deployment."""
+"""Commands that hand the study on: predict on new images, bundle a model for deployment, the HTML report."""
 
 from __future__ import annotations
 
@@ -71,3 +71,15 @@ def bundle(
         fail(exc)
     for f in files:
         console.print(f"wrote {f}")
+
+
+@app.command()
+def report(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """One self-contained page: the study's answer, every record (sortable, filterable), charts, config -> RUN/report.html."""
+    from ..report import make_report
+
+    try:
+        path = make_report(load_config(config, set_))
+    except USER_ERRORS as exc:
+        fail(exc)
+    console.print(f"wrote {path} (self-contained: open it from disk, share it as one file)")

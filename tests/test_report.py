@@ -1,0 +1,96 @@
+"""The HTML report of a tiny pipeline run: contents, no paths outside the run folder, and in a real browser."""
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from segdec_prune.cli import app
+
+runner = CliRunner()
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
+
+# Injected first into a copy of the page: records errors, then on load clicks, filters and measures.
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message)));
+const __consoleError = console.error;
+console.error = (...a) => { window.__errors.push(a.join(" ")); __consoleError(...a); };
+window.addEventListener("load", () => {
+  const t = document.getElementById("records-table");
+  const head = Array.from(t.tHead.rows[0].cells);
+  const ap = head.findIndex(th => th.textContent.trim() === "AP");
+  const column = () => Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[ap].dataset.v));
+  const out = {rows: t.tBodies[0].rows.length, before: column()};
+  head[ap].click(); out.asc = column(); out.aria = head[ap].getAttribute("aria-sort");
+  head[ap].click(); out.desc = column();
+  const sel = document.querySelector('select[data-column="runtime"]');
+  sel.value = "torch"; sel.dispatchEvent(new Event("change"));
+  out.torch_rows = Array.from(t.tBodies[0].rows).filter(r => !r.hidden).length;
+  out.images = Array.from(document.images).map(i => i.naturalWidth);
+  out.errors = window.__errors;
+  const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_synth, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    cfg = tmp / "tiny.toml"
+    cfg.write_text(
+        f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
+        '[train]\nepochs = 1\nbatch_size = 2\ndevice = "cpu"\n'
+        '[prune]\nmethods = ["naive_l1"]\nratios = [0.5]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
+        'budget_methods = []\n'
+        '[deploy]\ncalibration_images = 8\nruns = 3\nwarmup = 1\nthroughput_batch = 2\n'
+        'int8_calibrations = ["minmax"]\nint8_fp32_candidates = []\n'
+        f'[run]\nname = "r"\ndir = "{tmp / "runs"}"\n')
+    r = runner.invoke(app, ["run", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "report:" in r.output and "report: done" in r.output
+    return cfg, tmp / "runs" / "r", tiny_synth
+
+
+def test_report_has_every_record_and_no_path_outside_the_run(tiny_run):
+    cfg, run, data = tiny_run
+    page = (run / "report.html").read_text()
+    records = json.loads((run / "real_evaluation_results.json").read_text())["records"]
+    assert page.count("<tr class=\"front\" data-method=") + page.count("<tr data-method=") == len(records) == 6
+    assert page.count("data:image/png;base64,") == 3  # the three charts, embedded
+    assert "Which model to ship" in page and "TensorRT is not installed" in page  # a skipped runtime's reason
+    text = DATA_URI.sub("", page)
+    for outside in (str(data), str(run.parent), str(run), os.getcwd(), os.path.expanduser("~")):
+        assert outside not in text, outside
+    assert "models/naive_l1_r50.pth" in text  # artifacts as seen from the run folder
+    again = runner.invoke(app, ["report", "--config", str(cfg)])
+    assert again.exit_code == 0 and "report.html" in again.output
+
+
+def test_report_in_headless_chromium(tiny_run, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("no chromium here (.ci/run installs Debian's chromium package)")
+    _, run, _ = tiny_run
+    page = (run / "report.html").read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + PROBE, 1))
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                        "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', r.stdout, re.S)
+    assert found, r.stdout[-2000:] + r.stderr[-2000:]
+    out = json.loads(html.unescape(found.group(1)))
+    assert out["errors"] == [] and "Uncaught" not in r.stderr, (out["errors"], r.stderr[-2000:])
+    records = json.loads((run / "real_evaluation_results.json").read_text())["records"]
+    assert out["rows"] == len(records)
+    assert out["aria"] == "ascending" and out["asc"] == sorted(out["before"])
+    assert out["desc"] == sorted(out["before"], reverse=True)
+    assert out["torch_rows"] == sum(x["runtime"] == "torch" for x in records)
+    assert len(out["images"]) == 3 and all(w > 0 for w in out["images"])
