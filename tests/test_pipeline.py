@@ -20,12 +20,12 @@ RECORD_KEYS = {"model", "method", "ratio", "runtime", "dtype", "artifact", "devi
                "latency_ms_p90", "throughput_ips", "speedup_vs_baseline"}
 
 
-def _config(tiny_synth, tmp_path, budgets: str = ""):
+def _config(tiny_synth, tmp_path, budgets: str = "", methods: str = '["naive_l1", "ours_c2"]'):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(
         f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
         '[train]\nepochs = 1\nbatch_size = 2\ndevice = "cpu"\n'
-        '[prune]\nmethods = ["naive_l1", "ours_c2"]\nratios = [0.5]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
+        f'[prune]\nmethods = {methods}\nratios = [0.5]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
         f'{budgets}'
         '[deploy]\ncalibration_images = 8\nruns = 3\nwarmup = 1\nthroughput_batch = 2\n'
         'int8_calibrations = ["minmax", "entropy"]\nint8_fp32_candidates = ["seg_head", "decision_head"]\n'

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from segdec_prune.cli import app
 
+from .test_pipeline import _config
+
 runner = CliRunner()
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
@@ -44,19 +46,11 @@ window.addEventListener("load", () => {
 @pytest.fixture(scope="module")
 def tiny_run(tiny_synth, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    cfg = tmp / "tiny.toml"
-    cfg.write_text(
-        f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
-        '[train]\nepochs = 1\nbatch_size = 2\ndevice = "cpu"\n'
-        '[prune]\nmethods = ["naive_l1"]\nratios = [0.5]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
-        'budget_methods = []\n'
-        '[deploy]\ncalibration_images = 8\nruns = 3\nwarmup = 1\nthroughput_batch = 2\n'
-        'int8_calibrations = ["minmax"]\nint8_fp32_candidates = []\n'
-        f'[run]\nname = "r"\ndir = "{tmp / "runs"}"\n')
+    cfg = _config(tiny_synth, tmp, methods='["naive_l1"]')
     r = runner.invoke(app, ["run", "--config", str(cfg)])
     assert r.exit_code == 0, r.output
     assert "report:" in r.output and "report: done" in r.output
-    return cfg, tmp / "runs" / "r", tiny_synth
+    return cfg, tmp / "runs" / "p", tiny_synth
 
 
 def test_report_has_every_record_and_no_path_outside_the_run(tiny_run):
