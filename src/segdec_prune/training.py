@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from torch.utils.data import default_collate
 
 from . import distributed
