@@ -8,7 +8,7 @@ that stage does per step in the target config relative to the measured one:
     prune        pixels x (fine-tune epochs x balanced epoch x 3 + (epochs + 1) x validation images)
     INT8 build   pixels x validation images (its candidates are validation passes)
     evaluate     pixels x test images x models
-    export, calibrate, profile   pixels;   charts   unscaled
+    export, calibrate, profile   pixels;   charts, report   unscaled
 
 (a training sample costs about 3 forward passes; batch size and per-call overheads are ignored).
 The result is in units of the measured machine; the 1 -> N worker ratio carries over to GPUs as
@@ -55,7 +55,7 @@ def work(cfg: Config, sizes: dict[str, int]) -> dict[str, float]:
     return {"train": pixels * (t.epochs * epoch * 3 + t.epochs // t.validate_every * val),
             "prune": pixels * (p.finetune_epochs * epoch * 3 + (p.finetune_epochs + 1) * val),
             "build-onnxruntime-int8": pixels * val, "evaluate": pixels * sizes["test"] * models,
-            "export": pixels, "calibrate": pixels, "profile": pixels, "charts": 1.0}
+            "export": pixels, "calibrate": pixels, "profile": pixels, "charts": 1.0, "report": 1.0}
 
 
 def main() -> None:
