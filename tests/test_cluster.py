@@ -140,7 +140,7 @@ def test_torchrun_two_processes_trains_like_one(tiny_synth, tmp_path):
     toml.write_text(f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
                     '[train]\nepochs = 2\nbatch_size = 3\nvalidate_every = 1\ndevice = "cpu"\ndyn_balanced_loss = false\n'
                     f'[run]\nname = "two"\ndir = "{tmp_path / "runs"}"\n')
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                         "segdec_prune.cli", "train", "--config", str(toml)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stdout.count("best validation AP") == 1  # rank 0 speaks for both
