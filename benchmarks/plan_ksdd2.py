@@ -26,7 +26,7 @@ from pathlib import Path
 
 from segdec_prune.config import Config, load_config
 from segdec_prune.pipeline import Manifest
-from segdec_prune.schedule import estimate, plan_view
+from segdec_prune.schedule import estimate, plan_view, stage_times
 from segdec_prune.stages import RunState, plan
 
 KSDD2 = {"train": 2331, "train_positive": 246, "test": 1004}  # the published split sizes
@@ -67,10 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     measured_cfg, target = load_config(args.measured_config), load_config(args.config)
     have, want = work(measured_cfg, split_sizes(Path(measured_cfg.data.root))), work(target, KSDD2)
-    means: dict[str, list[float]] = {}
-    for rec in Manifest.load(args.measured).steps.values():
-        if rec["status"] == "done":
-            means.setdefault(rec["stage"], []).append(rec["wall_seconds"])
+    means = stage_times(Manifest.load(args.measured))
     scaled = Manifest(Path("/dev/null"))  # never saved: a manifest of the modelled costs
     steps = plan(target, RunState(target))
     for step in steps:

@@ -63,10 +63,6 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 7
     return len(placed)
 
 
-def _front(rows: list[dict]) -> list[dict]:
-    return pareto_front(rows, runtime=None)
-
-
 def _method_legend(fig, color: dict[str, str]) -> None:
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=m) for m, c in color.items()]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False,
@@ -84,7 +80,7 @@ def master(records: list[dict], path: Path) -> Path:
     fig = plt.figure(figsize=(max(14, 4.2 * len(kinds)), 17))
     grid = fig.add_gridspec(3, 1, height_ratios=[1.1, 1, 1], hspace=0.38, top=0.9, bottom=0.05, left=0.06, right=0.98)
     top = grid[0].subgridspec(1, 2, wspace=0.25)
-    a = fig.add_subplot(top[0])
+    compute = a = fig.add_subplot(top[0])
     labels = []
     for m in methods[1:]:
         rows = sorted((r for r in torch_rows if r["method"] == m), key=lambda r: -r["macs"])
@@ -102,14 +98,15 @@ def master(records: list[dict], path: Path) -> Path:
     lat = grid[1].subgridspec(1, len(kinds), wspace=0.08)
     spd = grid[2].subgridspec(1, len(kinds), wspace=0.18)
     red = np.linspace(0, 0.9, 50)
-    fronts = []
+    fronts, first = [], None
     for i, kind in enumerate(kinds):
         rows = [r for r in records if (r["runtime"], r["dtype"]) == kind]
-        a = fig.add_subplot(lat[i], sharey=fig.axes[2] if i else None)
+        a = fig.add_subplot(lat[i], sharey=first)  # one AP scale across the runtimes
+        first = first or a
         for r in rows:
             a.scatter(r["latency_ms_median"], r["ap"], marker=MARKERS[kind], color=color[r["method"]],
                       s=70 if r["method"] == "baseline" else 32, zorder=3)
-        front = _front(rows)
+        front = pareto_front(rows, runtime=None)
         a.plot([r["latency_ms_median"] for r in front], [r["ap"] for r in front], "-", color="red", lw=1, zorder=2)
         fronts.append((a, [(r["latency_ms_median"], r["ap"], r["model"]) for r in front],
                        [(r["latency_ms_median"], r["ap"]) for r in rows]))
@@ -130,7 +127,7 @@ def master(records: list[dict], path: Path) -> Path:
         b.legend(fontsize=8, loc="upper left")
     _method_legend(fig, color)
     fig.suptitle(f"SegDecNet pruning benchmark ({base['threads']} threads, {base['device']})", y=0.995)
-    place_labels(fig.axes[0], labels)
+    place_labels(compute, labels)
     for a, points, others in fronts:
         place_labels(a, points, avoid=others)
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))

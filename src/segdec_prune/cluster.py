@@ -23,7 +23,7 @@ from typing import Any
 from .artifacts import atomic_write
 from .config import Config, from_dict
 from .pipeline import Manifest, Outcome, Step, needs_run, record, run_step
-from .schedule import _users, dependencies
+from .schedule import dependents, dependencies
 
 INSTALL_HINT = "the Ray executor needs ray: pip install 'segdec-prune[cluster]'"
 TOKEN_FILE = ".executor-token"  # written by the driver, read by every task: proves shared storage
@@ -155,7 +155,7 @@ def _drive(ray, cfg: Config, steps: Sequence[Step], manifest: Manifest, force: s
     task = ray.remote(max_retries=0)(run_named_step)
     by_name = {s.name: s for s in steps}
     deps = dependencies(steps)
-    users = _users(deps)
+    users = dependents(deps)
     waiting = {n: len(d) for n, d in deps.items()}
     ready = deque(n for n in by_name if not waiting[n])
     blocked: dict[str, str] = {}  # step -> the failed step it needs

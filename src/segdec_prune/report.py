@@ -18,7 +18,8 @@ from typing import Any
 
 from .artifacts import atomic_write
 from .config import Config
-from .results import RESULTS_FILE, pareto_front
+from .results import RESULTS_FILE, pareto_front, ship_rows
+from .tables import num
 
 REPORT_FILE = "report.html"
 BENCHMARKS = {  # file in the run folder -> what its table shows
@@ -33,10 +34,6 @@ CHARTS = {"chart1_master_benchmark.png": "Accuracy, compute, size and speed-up, 
           "chart3_qualitative.png": "Defect maps on defective test images: baseline vs a pruned model"}
 
 
-def _num(v: Any, fmt: str) -> str:
-    return "-" if v is None or v != v else format(v, fmt)
-
-
 # The records table: header, cell text, sort value (None: the text), left-aligned.
 Column = tuple[str, Callable[[dict], str], Callable[[dict], Any] | None, bool]
 COLUMNS: list[Column] = [
@@ -45,21 +42,21 @@ COLUMNS: list[Column] = [
     ("target", lambda r: _target(r), None, True),
     ("runtime", lambda r: r["runtime"], None, True),
     ("dtype", lambda r: r["dtype"], None, True),
-    ("AP", lambda r: _num(r["ap"], ".3f"), lambda r: r["ap"], False),
-    ("AUROC", lambda r: _num(r["auroc"], ".3f"), lambda r: r["auroc"], False),
-    ("F1", lambda r: _num(r["f1"], ".3f"), lambda r: r["f1"], False),
-    ("threshold", lambda r: _num(r["threshold"], ".2f"), lambda r: r["threshold"], False),
+    ("AP", lambda r: num(r["ap"], ".3f"), lambda r: r["ap"], False),
+    ("AUROC", lambda r: num(r["auroc"], ".3f"), lambda r: r["auroc"], False),
+    ("F1", lambda r: num(r["f1"], ".3f"), lambda r: r["f1"], False),
+    ("threshold", lambda r: num(r["threshold"], ".2f"), lambda r: r["threshold"], False),
     ("FP", lambda r: str(r["fp_at_threshold"]), lambda r: r["fp_at_threshold"], False),
     ("FN", lambda r: str(r["fn_at_threshold"]), lambda r: r["fn_at_threshold"], False),
-    ("F1 test-opt.", lambda r: _num(r["best_f1"], ".3f"), lambda r: r["best_f1"], False),
-    ("Dice", lambda r: _num(r["dice"], ".3f"), lambda r: r["dice"], False),
-    ("ms b1", lambda r: _num(r["latency_ms_median"], ".2f"), lambda r: r["latency_ms_median"], False),
-    ("ms p90", lambda r: _num(r["latency_ms_p90"], ".2f"), lambda r: r["latency_ms_p90"], False),
-    ("img/s", lambda r: _num(r["throughput_ips"], ".0f"), lambda r: r["throughput_ips"], False),
-    ("speed-up", lambda r: _num(r["speedup_vs_baseline"], ".2f"), lambda r: r["speedup_vs_baseline"], False),
-    ("GMACs", lambda r: _num(r["macs"] / 1e9, ".3f"), lambda r: r["macs"], False),
-    ("MACs -", lambda r: _num(r["mac_reduction"], ".0%"), lambda r: r["mac_reduction"], False),
-    ("params (M)", lambda r: _num(r["parameters"] / 1e6, ".2f"), lambda r: r["parameters"], False),
+    ("F1 test-opt.", lambda r: num(r["best_f1"], ".3f"), lambda r: r["best_f1"], False),
+    ("Dice", lambda r: num(r["dice"], ".3f"), lambda r: r["dice"], False),
+    ("ms b1", lambda r: num(r["latency_ms_median"], ".2f"), lambda r: r["latency_ms_median"], False),
+    ("ms p90", lambda r: num(r["latency_ms_p90"], ".2f"), lambda r: r["latency_ms_p90"], False),
+    ("img/s", lambda r: num(r["throughput_ips"], ".0f"), lambda r: r["throughput_ips"], False),
+    ("speed-up", lambda r: num(r["speedup_vs_baseline"], ".2f"), lambda r: r["speedup_vs_baseline"], False),
+    ("GMACs", lambda r: num(r["macs"] / 1e9, ".3f"), lambda r: r["macs"], False),
+    ("MACs -", lambda r: num(r["mac_reduction"], ".0%"), lambda r: r["mac_reduction"], False),
+    ("params (M)", lambda r: num(r["parameters"] / 1e6, ".2f"), lambda r: r["parameters"], False),
     ("file", lambda r: r["artifact"], None, True),
 ]
 
@@ -104,12 +101,11 @@ def _records(records: list[dict], front: list[dict]) -> tuple[str, str]:
     return table_html(COLUMNS, records, "records-table", row_attrs=attrs), filters
 
 
-def _ship(records: list[dict], front: list[dict]) -> str:
-    if not front:
+def _ship(records: list[dict]) -> str:
+    rows = ship_rows(records)
+    if not rows:
         return "<p>Nothing to rank: no latency was measured.</p>"
-    runtime = front[0]["runtime"]
-    base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == runtime]
-    rows = base + [r for r in front if r not in base]
+    runtime = rows[0]["runtime"]
     keep = {"model", "dtype", "AP", "F1", "threshold", "FP", "FN", "ms b1", "speed-up", "MACs -", "params (M)"}
     return (f"<p>The baseline, then the Pareto front of test AP vs batch-1 latency in {escape(runtime)} (no other model "
             "is both faster and more accurate). F1 and FP/FN at each model's validation threshold.</p>"
@@ -215,7 +211,7 @@ def render(cfg: Config) -> str:
         subtitle=escape(f"{len({r['model'] for r in records})} models x {len({(r['runtime'], r['dtype']) for r in records})} "
                         f"runtimes on {Path(results.get('data', '')).name}; results schema "
                         f"{results.get('schema_version')}"),
-        ship=_ship(records, front), records=table, filters=filters,
+        ship=_ship(records), records=table, filters=filters,
         skipped=f"<h3>Runtimes not run</h3><ul>{skipped}</ul>" if skipped else "",
         charts=_charts(run), benchmarks=_benchmarks(run), facts=_facts(results, records, manifest),
         stages=_stages(manifest) if manifest else "", config=_config(cfg))

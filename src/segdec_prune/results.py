@@ -133,6 +133,15 @@ def pareto_front(records: list[dict], runtime: str | None = "onnxruntime") -> li
     return front
 
 
+def ship_rows(records: list[dict]) -> list[dict]:
+    """"Which model to ship": the baseline in the front's runtime, then the Pareto front (empty: nothing to rank)."""
+    front = pareto_front(records)
+    if not front:
+        return []
+    base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == front[0]["runtime"]]
+    return base + [r for r in front if r not in base]
+
+
 def _add_latency(records: list[dict], runtimes: list, sample, warmup: int, runs: int,
                  on_step: Callable[[str], None] | None) -> None:
     """Latency of all models of one runtime and dtype, interleaved, so their ratios are like for like."""

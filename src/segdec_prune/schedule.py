@@ -28,7 +28,7 @@ def dependencies(steps: Sequence[Step]) -> dict[str, list[str]]:
     return deps
 
 
-def _users(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+def dependents(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     """step name -> the steps that wait for it (`deps` turned around)."""
     users: dict[str, list[str]] = {n: [] for n in deps}
     for n, ds in deps.items():
@@ -39,7 +39,7 @@ def _users(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
 
 def bottom_levels(costs: Mapping[str, float], deps: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """Each step's cost plus the longest chain of steps that wait for it."""
-    users = _users(deps)
+    users = dependents(deps)
 
     @cache
     def level(n: str) -> float:
@@ -55,7 +55,7 @@ def makespan(costs: Mapping[str, float], deps: Mapping[str, Sequence[str]], work
     priority = bottom_levels(costs, deps)
     order = {n: i for i, n in enumerate(deps)}
     waiting = {n: len(ds) for n, ds in deps.items()}
-    users = _users(deps)
+    users = dependents(deps)
     ready = [(-priority[n], order[n], n) for n, k in waiting.items() if k == 0]
     heapq.heapify(ready)
     running: list[tuple[float, str]] = []  # (finish time, name)
@@ -82,14 +82,20 @@ class PlannedStep:
     depends_on: list[str]
 
 
+def stage_times(manifest: Manifest) -> dict[str, list[float]]:
+    """stage -> the wall times of its steps that finished ("done") in this manifest."""
+    times: dict[str, list[float]] = {}
+    for rec in manifest.steps.values():
+        if rec.get("status") == "done" and rec.get("wall_seconds") is not None:
+            times.setdefault(rec.get("stage", ""), []).append(float(rec["wall_seconds"]))
+    return times
+
+
 def plan_view(steps: Sequence[Step], manifest: Manifest, force: set[str] = frozenset()) -> list[PlannedStep]:
     """Each step: up to date or not (as `run` would decide; a step after one that runs counts as
     running too, an upper bound: rewritten inputs usually change), its dependencies, expected time."""
     deps = dependencies(steps)
-    stage_times: dict[str, list[float]] = {}
-    for rec in manifest.steps.values():
-        if rec.get("status") == "done" and rec.get("wall_seconds") is not None:
-            stage_times.setdefault(rec.get("stage", ""), []).append(float(rec["wall_seconds"]))
+    times = stage_times(manifest)
     rows, to_run = [], set()
     for step in steps:
         stage = step.stage or step.name
@@ -103,9 +109,8 @@ def plan_view(steps: Sequence[Step], manifest: Manifest, force: set[str] = froze
             continue
         if record and record.get("status") == "done" and record.get("wall_seconds") is not None:
             seconds, basis = float(record["wall_seconds"]), "last run"
-        elif stage_times.get(stage):
-            times = stage_times[stage]
-            seconds, basis = sum(times) / len(times), f"stage mean ({len(times)})"
+        elif times.get(stage):
+            seconds, basis = sum(times[stage]) / len(times[stage]), f"stage mean ({len(times[stage])})"
         else:
             seconds, basis = None, "unknown"
         rows.append(PlannedStep(step.name, stage, "to run", seconds, basis, deps[step.name]))

@@ -274,10 +274,7 @@ def _prune_steps(cfg: Config, state: RunState, base: Path) -> tuple[list[Step], 
             continue  # the latency-table step says why, once
 
         def run_prune(method=method, target=target) -> str:
-            out = state.prune(method, target, cfg.prune.finetune_epochs)
-            ms = out.plan["measured_plan_ms"] or out.plan["predicted_latency_ms"]
-            plan = f"{out.plan['mac_fraction']:.1%} of the MACs" + (f", {ms:.2f} ms planned" if ms else "")
-            return f"{plan}; val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}"
+            return prune_line(state.prune(method, target, cfg.prune.finetune_epochs))
 
         names.append(name)
         budget = isinstance(target, Budget)
@@ -290,8 +287,23 @@ def _prune_steps(cfg: Config, state: RunState, base: Path) -> tuple[list[Step], 
 
 
 def _train(state: RunState) -> str:
-    result = train_baseline(state.cfg, state.sets, progress=state.progress)
-    return f"best val AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}"
+    return train_line(train_baseline(state.cfg, state.sets, progress=state.progress))
+
+
+def train_line(result: TrainResult) -> str:
+    """What the manifest says of a trained baseline (`run`'s step and the `train` command alike)."""
+    from .distributed import ranks
+
+    world = ranks().world
+    return f"best val AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}" + \
+        (f"; data-parallel on {world} processes" if world > 1 else "")
+
+
+def prune_line(out: PruneOutcome) -> str:
+    """What the manifest says of a pruned model (`run`'s step and the `prune` command alike)."""
+    ms = out.plan["measured_plan_ms"] or out.plan["predicted_latency_ms"]
+    plan = f"{out.plan['mac_fraction']:.1%} of the MACs" + (f", {ms:.2f} ms planned" if ms else "")
+    return f"{plan}; val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}"
 
 
 def _evaluate(state: RunState, evaluate_run) -> str:

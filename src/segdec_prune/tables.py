@@ -5,10 +5,11 @@ from __future__ import annotations
 from rich import box
 from rich.table import Column, Table
 
-from .results import pareto_front
+from .results import ship_rows
 
 
-def _num(v, fmt: str) -> str:
+def num(v, fmt: str) -> str:
+    """A number in `fmt`, "-" when missing or NaN (shared by the terminal tables and the HTML report)."""
     return "-" if v is None or v != v else format(v, fmt)
 
 
@@ -16,12 +17,12 @@ def records_table(records: list[dict], title: str, full: bool = True) -> Table:
     """Model x runtime rows. F1 and FP/FN are at each model's own validation threshold (what
     `predict` uses); `full` adds AUROC, Dice and the test-optimal F1, labelled as such.
     `full=False` keeps what decides a deployment and fits 80 columns."""
-    cols = {"AP": lambda r: _num(r["ap"], ".3f"), "AUROC": lambda r: _num(r["auroc"], ".3f"),
-            "F1": lambda r: _num(r["f1"], ".3f"), "FP/FN": lambda r: f"{r['fp_at_threshold']}/{r['fn_at_threshold']}",
-            "F1 test-opt.": lambda r: _num(r["best_f1"], ".3f"), "Dice": lambda r: _num(r["dice"], ".3f"),
-            "ms b1": lambda r: _num(r["latency_ms_median"], ".1f"),
-            "speedup": lambda r: _num(r["speedup_vs_baseline"], ".2f") + "x" * bool(r["speedup_vs_baseline"]),
-            "MACs -": lambda r: _num(r["mac_reduction"], ".0%")}
+    cols = {"AP": lambda r: num(r["ap"], ".3f"), "AUROC": lambda r: num(r["auroc"], ".3f"),
+            "F1": lambda r: num(r["f1"], ".3f"), "FP/FN": lambda r: f"{r['fp_at_threshold']}/{r['fn_at_threshold']}",
+            "F1 test-opt.": lambda r: num(r["best_f1"], ".3f"), "Dice": lambda r: num(r["dice"], ".3f"),
+            "ms b1": lambda r: num(r["latency_ms_median"], ".1f"),
+            "speedup": lambda r: num(r["speedup_vs_baseline"], ".2f") + "x" * bool(r["speedup_vs_baseline"]),
+            "MACs -": lambda r: num(r["mac_reduction"], ".0%")}
     if not full:
         cols = {k: f for k, f in cols.items() if k not in ("AUROC", "Dice", "F1 test-opt.")}
     table = Table(Column("model", no_wrap=True), Column("runtime" if full else "dtype", no_wrap=True),
@@ -33,14 +34,12 @@ def records_table(records: list[dict], title: str, full: bool = True) -> Table:
 
 def ship_table(records: list[dict]) -> Table | None:
     """The baseline, then the Pareto front of test AP vs batch-1 latency (None: nothing to rank)."""
-    front = pareto_front(records)
-    if not front:
+    rows = ship_rows(records)
+    if not rows:
         return None
-    runtime = front[0]["runtime"]
-    base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == runtime]
-    title = (f"which model to ship ({runtime}): the baseline, then the Pareto front of test AP vs batch-1 latency; "
-             "F1 and FP/FN at each model's validation threshold")
-    return records_table(base + [r for r in front if r not in base], title, full=False)
+    title = (f"which model to ship ({rows[0]['runtime']}): the baseline, then the Pareto front of test AP vs batch-1 "
+             "latency; F1 and FP/FN at each model's validation threshold")
+    return records_table(rows, title, full=False)
 
 
 def plan_table(rows) -> Table:

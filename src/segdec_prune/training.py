@@ -187,12 +187,13 @@ def train(
                 loss = loss + extra
                 optimizer.zero_grad(set_to_none=True)
                 # DDP averages gradients over ranks: weighting by ranks x share makes that the batch mean's
-                (loss if ranks.world == 1 else loss * (share * ranks.world)).backward()
+                # (one process: share 1, world 1, the loss as it is)
+                (loss * (share * ranks.world)).backward()
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
                 parts = torch.tensor([loss_seg.item(), loss_dec.item(), loss.item(), extra.item()], dtype=torch.float64)
-                sums += (parts if ranks.world == 1 else distributed.sum_over_ranks(parts * share)).numpy()
+                sums += distributed.sum_over_ranks(parts * share).numpy()  # the global batch's mean losses
                 n, step = n + 1, step + 1
                 bar.update(task, advance=1, info=f"ep {epoch + 1} seg {sums[0] / n:.4f} dec {sums[1] / n:.4f}")
             mean = (sums / max(n, 1)).tolist()

@@ -18,7 +18,7 @@ def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
     """Train the baseline; writes RUN/models/baseline_best.pth (best by validation AP)."""
     from ..data.dataset import preprocessing_for, train_val_datasets
     from ..distributed import ranks
-    from ..stages import baseline_path, record_command, train_baseline
+    from ..stages import baseline_path, record_command, train_baseline, train_line
 
     try:
         cfg = load_config(config, set_)
@@ -33,11 +33,8 @@ def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
     console.print(f"train {len(train_set)} ({n_pos} positive, {seg} with masks), validation {len(val_set)} "
                   f"({int(val_set.labels.sum())} positive); input {cfg.data.input_height}x{cfg.data.input_width}")
     result = train_baseline(cfg, (train_set, val_set), show_progress=not quiet)
-    world = ranks().world
-    detail = f"best val AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}" + \
-        (f"; data-parallel on {world} processes" if world > 1 else "")
     if ranks().main:
-        record_command(cfg, "train", result.seconds, detail)  # `run` skips it while nothing changes
+        record_command(cfg, "train", result.seconds, train_line(result))  # `run` skips it while nothing changes
     console.print(f"best validation AP {result.best_val_ap:.4f} at epoch {result.best_epoch + 1}; "
                   f"{result.seconds:.0f} s; saved {baseline_path(cfg)}")
 
@@ -61,7 +58,7 @@ def prune(
     """Prune the baseline to a ratio or a budget, fine-tune, save RUN/models/{name}.pth."""
     from ..distributed import ranks
     from ..pruning.allocate import Budget
-    from ..stages import RunState, prune_jobs, record_command
+    from ..stages import RunState, prune_jobs, prune_line, record_command
     from ..training import new_progress
 
     try:
@@ -97,7 +94,7 @@ def prune(
                 fail(exc)
             bar.update(overall, advance=1, info=f"{out.name}: val AP {out.val_ap_pruned:.3f} -> {out.val_ap:.3f}")
             if model is None and epochs == cfg.prune.finetune_epochs and ranks().main:  # what `run` would make
-                record_command(cfg, f"prune:{out.name}", out.seconds, f"val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}")
+                record_command(cfg, f"prune:{out.name}", out.seconds, prune_line(out))
             table.add_row(out.name, str(out.widths["volume"]), f"{out.plan['mac_fraction']:.1%}", f"{out.val_ap_pruned:.4f}",
                           f"{out.val_ap:.4f}", f"{out.seconds:.0f}")
     console.print(table)

@@ -55,9 +55,9 @@ def run(
             raise ClusterError("--address needs --executor ray")
     except (*USER_ERRORS, ClusterError) as exc:
         fail(exc)
-    manifest = Manifest.load(cfg.run_dir)
+    manifest, forced = Manifest.load(cfg.run_dir), set(force or [])
     if show_plan:
-        return _show_plan(plan(cfg, RunState(cfg)), manifest, set(force or []), workers)
+        return _show_plan(plan(cfg, RunState(cfg)), manifest, forced, workers)
     console.print(f"run {cfg.run_dir} from {cfg.source}: data {cfg.data.root}, "
                   f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios, {executor.value} executor")
     outcomes = []
@@ -91,9 +91,9 @@ def run(
             if executor is Executor.ray:
                 from ..cluster import execute_ray
 
-                outcomes = execute_ray(cfg, steps, manifest, set(force or []), event, address, task_cpus)
+                outcomes = execute_ray(cfg, steps, manifest, forced, event, address, task_cpus)
             else:
-                outcomes = execute(steps, manifest, set(force or []), library_versions(), machine(), event)
+                outcomes = execute(steps, manifest, forced, library_versions(), machine(), event)
         except (*USER_ERRORS, ValueError, RuntimeError) as exc:
             bar.stop()
             fail(exc)
