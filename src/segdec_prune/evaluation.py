@@ -129,7 +129,7 @@ def evaluate_predictions(preds: Predictions, dataset: KSDD2Dataset, threshold: f
                          seg_threshold: float = 0.5) -> dict:
     """Image metrics at the decision `threshold` (and test-optimal), segmentation on defective images."""
     metrics = classification_metrics(preds.labels, preds.scores, threshold)
-    pos = np.flatnonzero(preds.labels)
+    pos = [i for i in np.flatnonzero(preds.labels) if dataset.samples[i].get("has_mask", True)]  # not weak labels
     metrics.update(
         segmentation_metrics(preds.seg_probs[pos], [dataset.samples[i]["mask_full"] for i in pos], seg_threshold)
     )

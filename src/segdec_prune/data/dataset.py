@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from .ksdd2 import DatasetError, Preprocessing, preprocess, scan_split
+from .ksdd2 import VAL, DatasetError, Preprocessing, preprocess, scan_split
 
 if TYPE_CHECKING:
     from ..config import DataConfig, TrainConfig
@@ -51,12 +51,13 @@ def split_validation(samples: Sequence[Sample], fraction: float, seed: int) -> t
 def choose_segmented(
     samples: Sequence[Sample], num_segmented: int | None, seed: int, split_file: str | Path | None = None
 ) -> list[bool]:
-    """Mixed supervision: which samples train with their mask. Negatives always do.
+    """Mixed supervision: which samples train with their mask. Negatives always do; positives
+    without a mask (weak labels) never do.
 
     `num_segmented=None` means every positive; otherwise a seeded choice of that many positives.
     A split file (JSON list of ids) names the segmented positives instead.
     """
-    pos = [i for i, s in enumerate(samples) if s["label"]]
+    pos = [i for i, s in enumerate(samples) if s["label"] and s.get("has_mask", True)]  # weak positives: never
     if split_file:
         wanted = set(map(str, json.loads(Path(split_file).read_text())))
         chosen = {i for i in pos if samples[i]["id"] in wanted}
@@ -140,8 +141,17 @@ def preprocessing_for(data: "DataConfig", train: "TrainConfig") -> Preprocessing
 
 def train_val_datasets(data: "DataConfig", pre: Preprocessing,
                        on_progress: Callable[[int, int], None] | None = None) -> tuple[KSDD2Dataset, KSDD2Dataset]:
-    """The training split, minus a stratified validation hold-out, with mixed supervision."""
-    samples = load_split(data.root, "train", pre, on_progress)
-    train, val = split_validation(samples, data.val_fraction, data.seed)
+    """The training split and its validation split, with mixed supervision.
+
+    The data set's own val/ folder when it has one (`data import` writes it, grouped by part);
+    otherwise a stratified hold-out of `data.val_fraction` from train.
+    """
+    if (Path(data.root) / VAL).is_dir():
+        train, val = load_split(data.root, "train", pre, on_progress), load_split(data.root, VAL, pre)
+        if not any(s["label"] for s in val) or all(s["label"] for s in val):
+            raise DatasetError(f"{Path(data.root) / VAL} needs both defective and defect-free images")
+    else:
+        samples = load_split(data.root, "train", pre, on_progress)
+        train, val = split_validation(samples, data.val_fraction, data.seed)
     segmented = choose_segmented(train, data.segmented_count, data.seed, data.split_file or None)
     return KSDD2Dataset(train, segmented), KSDD2Dataset(val)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ksdd2 import SPLITS, DatasetError, check_sizes, find_samples, read_image, read_mask
+from .ksdd2 import SPLITS, VAL, DatasetError, check_sizes, find_samples, read_image, read_mask
 
 # The link on the paper's project page (redirects to the archive).
 OFFICIAL_URL = "https://go.vicos.si/kolektorsdd2"
@@ -103,7 +103,7 @@ class SplitReport:
 def check(root: str | Path) -> list[SplitReport]:
     """Count images/positives per split and collect every problem instead of stopping."""
     reports = []
-    for split in SPLITS:
+    for split in (*SPLITS, VAL) if (Path(root) / VAL).is_dir() else SPLITS:
         refs, problems = find_samples(root, split)
         rep = SplitReport(split, problems=problems)
         reports.append(rep)
@@ -115,6 +115,6 @@ def check(root: str | Path) -> list[SplitReport]:
                 rep.problems.append(str(exc))
                 continue
             rep.images += 1
-            rep.positives += int(mask.any())
+            rep.positives += int(mask.any() or ref.positive)
         rep.negatives = rep.images - rep.positives
     return reports

@@ -1,6 +1,8 @@
 """KolektorSDD2 on disk -> preprocessed samples, exactly as the paper's reference code does it.
 
-Layout: ROOT/{train,test}/<id>.png with its mask <id>_GT.png. Images are read by OpenCV as
+Layout: ROOT/{train,test}/<id>.png with its mask <id>_GT.png; optionally ROOT/val/ (a fixed
+validation split, as `data import` writes it) and ROOT/weak_labels.json ({split: [ids]}: defective
+images without a pixel mask, trained on their label alone). Images are read by OpenCV as
 3-channel BGR, resized to the input size and scaled by 1/255. Masks are dilated at native size,
 resized, and turned into a segmentation target and a distance-transform loss weight at 1/8
 resolution (reflection pad + 17x17 average pool, stride 8, as in the paper's code).
@@ -8,6 +10,7 @@ resolution (reflection pad + 17x17 average pool, stride 8, as in the paper's cod
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -22,6 +25,8 @@ from scipy.ndimage import distance_transform_edt
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+VAL = "val"  # optional: a fixed validation split replaces the one carved from train
+WEAK_LABELS = "weak_labels.json"
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -34,6 +39,7 @@ class SampleRef:
     id: str
     image: Path
     mask: Path
+    positive: bool = False  # defective by its image-level label, whatever the mask shows
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,10 @@ def find_samples(root: str | Path, split: str) -> tuple[list[SampleRef], list[st
     """Samples of one split plus the problems found; stray files are skipped with a warning."""
     folder = Path(root) / split
     if not folder.is_dir():
-        return [], [f"missing folder {folder} (expected KSDD2 layout ROOT/{split}/<id>.png + <id>_GT.png)"]
+        return [], [f"missing folder {folder} (expected KSDD2 layout ROOT/{split}/<id>.png + <id>_GT.png; "
+                    "`segdec-prune data import` converts other layouts)"]
     refs, problems, orphans = [], [], []
+    weak = weak_labels(root).get(split, set())
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() != ".png":
             continue
@@ -64,12 +72,24 @@ def find_samples(root: str | Path, split: str) -> tuple[list[SampleRef], list[st
         elif not (folder / f"{stem}_GT.png").is_file():
             problems.append(f"image {path} has no mask {stem}_GT.png")
         else:
-            refs.append(SampleRef(stem, path, folder / f"{stem}_GT.png"))
+            refs.append(SampleRef(stem, path, folder / f"{stem}_GT.png", stem in weak))
     for path in orphans:
         log.warning("skipping mask %s: no image beside it", path)
     if not refs and not problems:
         problems.append(f"no samples in {folder}")
     return sorted(refs, key=_sort_key), problems
+
+
+def weak_labels(root: str | Path) -> dict[str, set[str]]:
+    """The image-level positives per split (ROOT/weak_labels.json), if the data set has any."""
+    path = Path(root) / WEAK_LABELS
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return {str(split): set(map(str, ids)) for split, ids in doc.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise DatasetError(f"{path} is not a JSON object of split -> list of ids") from None
 
 
 def scan_split(root: str | Path, split: str) -> list[SampleRef]:
@@ -132,17 +152,18 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def preprocess(ref: SampleRef, pre: Preprocessing) -> dict[str, np.ndarray | bool | str]:
-    """One sample: uint8 image HxWxC at input size, 1/8 target and weights, label."""
+    """One sample: uint8 image HxWxC at input size, 1/8 target and weights, label (mask or weak label)."""
     image = read_image(ref.image, pre.channels)
     mask = read_mask(ref)
     check_sizes(ref, image, mask)
-    label = bool(mask.any())
+    has_mask = bool(mask.any())
+    label = has_mask or ref.positive
     if pre.dilate > 1:
         mask = cv2.dilate(mask, np.ones((pre.dilate, pre.dilate), np.uint8))
     size = (pre.width, pre.height)
     image = resize_image(image, pre.height, pre.width)
     mask_full = cv2.resize(mask.astype(np.float32), size)
-    weights = distance_weights(mask_full, pre.weight_p, pre.weight_max) if label else np.ones_like(mask_full)
+    weights = distance_weights(mask_full, pre.weight_p, pre.weight_max) if has_mask else np.ones_like(mask_full)
     return {
         "id": ref.id,
         "image": image,
@@ -150,4 +171,5 @@ def preprocess(ref: SampleRef, pre: Preprocessing) -> dict[str, np.ndarray | boo
         "seg": downsize(mask_full),
         "weight": downsize(weights),
         "label": label,
+        "has_mask": has_mask,  # False for a weak positive: no segmentation target, no Dice
     }
