@@ -13,6 +13,9 @@ A recipe is a list of config overrides on top of the config file. Built in:
   tuned         the config's recipe (prune.finetune_*) without distillation
   distill       the config's recipe with distillation, one-shot
   distill_iter  the same in prune.steps = 3 rounds (same total fine-tuning batches)
+  auto          the config's recipe with lr and momentum chosen per model by the probe
+                (prune.finetune_lr = "auto", pruning/recipe.py)
+  auto_plain    the probe with plain fine-tuning: constant lr, segmentation weight 1, no distillation
 Add your own with --recipe NAME=section.key=value,section.key=value.
 """
 
@@ -38,6 +41,9 @@ RECIPES: dict[str, list[str]] = {
     "tuned": ["prune.distill=false", "prune.steps=1"],
     "distill": ["prune.distill=true", "prune.steps=1"],
     "distill_iter": ["prune.distill=true", "prune.steps=3"],
+    "auto": ["prune.finetune_lr='auto'", "prune.steps=1"],
+    "auto_plain": ["prune.finetune_lr='auto'", "prune.steps=1", "prune.distill=false",
+                   "prune.finetune_schedule='constant'", "prune.finetune_seg_weight=1.0"],
 }
 
 
@@ -84,13 +90,19 @@ def main() -> None:
                     data = RecoveryData(train_set, val_set, batches, teacher)
                     out = prune_and_recover(bench.baseline.model, get_method(mname), args.ratio, rcfg, data, epochs)
                     m = bench.test_metrics(out.model)
-                    row = rows.setdefault((rname, epochs, mname), {"ap": [], "dice": [], "val_ap": [], "seconds": []})
+                    row = rows.setdefault((rname, epochs, mname), {"ap": [], "dice": [], "val_ap": [], "seconds": [],
+                                                                   "recipe": [], "dec_loss": []})
+                    row["recipe"].append(out.recipe)
+                    row["dec_loss"].append(out.rounds[-1].get("training", {}).get("history", [{}])[-1].get("loss_dec"))
                     row["macs"] = macs_and_params(out.model, spec.height, spec.width)[0]
                     for key, value in (("ap", m["ap"]), ("dice", m["dice"]), ("val_ap", out.val_ap),
                                        ("seconds", time.perf_counter() - t0)):
                         row[key].append(value)
+                    chosen = (f", lr {out.recipe['lr']:g} momentum {out.recipe['momentum']:g} ({out.recipe['source']}, "
+                              f"{out.recipe['seconds']:.0f} s)" if out.recipe else "")
                     console.print(f"seed {seed} {rname} {epochs} ep {mname}: test AP {m['ap']:.4f} Dice {m['dice']:.4f} "
-                                  f"(val AP {out.val_ap_pruned:.3f} -> {out.val_ap:.3f}, {row['seconds'][-1]:.0f} s)")
+                                  f"(val AP {out.val_ap_pruned:.3f} -> {out.val_ap:.3f}, dec loss {row['dec_loss'][-1]:.3f}"
+                                  f"{chosen}, {row['seconds'][-1]:.0f} s)")
 
     table = Table("recipe", "epochs", "method", "test AP", "Dice", "seconds",
                   title=f"recovery at r{args.ratio * 100:.0f} (mean ± sd over {args.seeds} seeds); "
@@ -102,7 +114,7 @@ def main() -> None:
                         "mac_reduction": 1 - row["macs"] / base_macs, "seeds": args.seeds,
                         "test_ap_mean": mean_sd(row["ap"])[0], "test_ap_sd": mean_sd(row["ap"])[1],
                         "dice_mean": mean_sd(row["dice"])[0], "dice_sd": mean_sd(row["dice"])[1],
-                        "seconds_mean": mean_sd(row["seconds"])[0], **{k: row[k] for k in ("ap", "dice", "val_ap", "seconds")}})
+                        "seconds_mean": mean_sd(row["seconds"])[0], **{k: row[k] for k in ("ap", "dice", "val_ap", "seconds", "dec_loss", "recipe")}})
     console.print(table)
     out_path = Path(args.output or cfg.run_dir / "recovery_benchmark.json")
     write_json({"config": args.config, "data": cfg.data.root, "ratio": args.ratio, "baseline_test_ap": base["ap"],

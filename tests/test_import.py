@@ -108,7 +108,8 @@ def test_triangle_polygon_area_within_one_percent(tmp_path):
         _img(src / "images" / "train" / f"n{i}.png", h=300, w=400, seed=i + 1)
     (src / "labels" / "train").mkdir(parents=True)
     (src / "labels" / "train" / "t.txt").write_text("0 0.1 0.1 0.9 0.1 0.5 0.9\n")
-    import_dataset(src, tmp_path / "out", ImportOptions("yolo-seg", val_from="none", test_fraction=0.25))
+    manifest = import_dataset(src, tmp_path / "out", ImportOptions("yolo-seg", val_from="none", test_fraction=0.25))
+    assert manifest["counts"]["test"]["images"] == 1  # a train split alone: test carved from it
     gt = cv2.imread(str(next((tmp_path / "out").rglob("t_GT.png"))), 0)
     ys, xs = np.mgrid[0:300, 0:400] + 0.5  # by hand: the pixel centres inside the triangle
     hand = (ys >= 30) & (ys <= 270) & (np.abs(xs - 200) <= 160 * (270 - ys) / 240)

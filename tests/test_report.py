@@ -58,6 +58,8 @@ def test_report_has_every_record_and_no_path_outside_the_run(tiny_run):
     page = (run / "report.html").read_text()
     records = json.loads((run / "real_evaluation_results.json").read_text())["records"]
     assert page.count("<tr class=\"front\" data-method=") + page.count("<tr data-method=") == len(records) == 6
+    recovery = page[page.index('<h2 id="recovery">'):page.index('<h2 id="benchmarks">')]
+    assert "naive_l1_r50" in recovery and "val_ap_pruned" in recovery and "config" in recovery
     assert page.count("data:image/png;base64,") == 3  # the three charts, embedded
     assert "Which model to ship" in page and "TensorRT is not installed" in page  # a skipped runtime's reason
     text = DATA_URI.sub("", page)

@@ -108,8 +108,12 @@ class PruneConfig:
     seed: int = 0
     # The recovery recipe (README "Recovery"): the same for every method, so the comparison is fair.
     finetune_epochs: int = 3
-    finetune_lr: float = 0.01
-    finetune_momentum: float = 0.9
+    finetune_lr: float | str = 0.01  # a number, or "auto": chosen per model by a short probe (pruning/recipe.py)
+    finetune_momentum: float = 0.9  # with a fixed lr
+    probe_lrs: list = field(default_factory=lambda: [0.001, 0.01, 0.03])  # finetune_lr = "auto": candidates
+    probe_momenta: list = field(default_factory=lambda: [0.0, 0.9])  # ... each lr with each momentum
+    probe_fraction: float = 0.25  # ... each trained for this share of an epoch, then scored on validation
+    finetune_patience: int = 0  # stop after this many epochs without a better validation AP (0 = never)
     finetune_schedule: str = "cosine"  # constant | cosine
     finetune_seg_weight: float = 3.0  # fixed loss weights: segmentation this, decision train.delta
     steps: int = 1  # iterative pruning: reach the ratio in this many prune -> fine-tune rounds
@@ -148,7 +152,15 @@ class PruneConfig:
         _require("prune.ratios", _all_numbers(self.ratios, lambda r: 0 < r < 1) and bool(self.ratios),
                  f"each ratio must be in (0, 1), got {self.ratios}")
         _require("prune.finetune_epochs", self.finetune_epochs >= 0, f"must be >= 0, got {self.finetune_epochs}")
-        _require("prune.finetune_lr", self.finetune_lr > 0, f"must be > 0, got {self.finetune_lr}")
+        lr = self.finetune_lr
+        _require("prune.finetune_lr", lr == "auto" or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0),
+                 f'must be > 0 or "auto", got {lr!r}')
+        _require("prune.probe_lrs", bool(self.probe_lrs) and _all_numbers(self.probe_lrs, lambda v: v > 0),
+                 f"must be a non-empty list of numbers > 0, got {self.probe_lrs}")
+        _require("prune.probe_momenta", bool(self.probe_momenta) and _all_numbers(self.probe_momenta, lambda v: 0 <= v < 1),
+                 f"must be a non-empty list of numbers in [0, 1), got {self.probe_momenta}")
+        _require("prune.probe_fraction", 0 < self.probe_fraction <= 2, f"must be in (0, 2], got {self.probe_fraction}")
+        _require("prune.finetune_patience", self.finetune_patience >= 0, f"must be >= 0, got {self.finetune_patience}")
         _require("prune.finetune_momentum", 0 <= self.finetune_momentum < 1, f"must be in [0, 1), got {self.finetune_momentum}")
         _require("prune.finetune_schedule", self.finetune_schedule in LR_SCHEDULES,
                  f"must be one of {', '.join(LR_SCHEDULES)}, got {self.finetune_schedule!r}")

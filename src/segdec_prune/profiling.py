@@ -41,7 +41,23 @@ def profile_checkpoint(path: Path) -> dict:
         "input_size": [spec.height, spec.width],
         "macs_at_640x232": macs_and_params(ckpt.model, *PAPER_SIZE)[0],
         "file_bytes": path.stat().st_size,
+        "recovery": recovery_summary(ckpt.metadata),
     }
+
+
+def recovery_summary(meta: dict) -> dict | None:
+    """How a pruned model was recovered: validation AP before/after, the recipe (and whether the
+    probe chose it), the probe's cost, a stuck decision loss. None for the baseline."""
+    if "val_ap_pruned" not in meta:
+        return None
+    rec = meta.get("recipe") or {}
+    rounds = meta.get("rounds") or [{}]
+    history = (rounds[-1].get("training") or {}).get("history") or [{}]
+    return {"val_ap_pruned": meta["val_ap_pruned"], "val_ap": meta.get("val_ap"), "lr": rec.get("lr"),
+            "momentum": rec.get("momentum"), "recipe_source": rec.get("source"),
+            "probe_candidates": len(rec.get("candidates") or []), "probe_seconds": rec.get("seconds"),
+            "epochs": len(history), "stopped_early": (rounds[-1].get("training") or {}).get("stopped_early"),
+            "final_dec_loss": history[-1].get("loss_dec"), "stuck_dec_loss": meta.get("stuck_dec_loss")}
 
 
 def profile_run(run_dir: str | Path) -> dict:

@@ -8,6 +8,7 @@ relative to the run folder: the page says nothing about the machine's file syste
 from __future__ import annotations
 
 import base64
+import math
 import json
 import string
 from collections.abc import Callable, Sequence
@@ -128,6 +129,25 @@ def _benchmarks(run: Path) -> str:
     return "".join(parts) or "<p>No benchmark results in this run folder (see benchmarks/ in the README).</p>"
 
 
+def _recovery(run: Path) -> str:
+    """One row per pruned model: validation AP before/after, the recipe and who chose it, stuck heads."""
+    path = run / "profiling_results.json"
+    models = json.loads(path.read_text())["models"] if path.is_file() else {}
+    rows = [{"model": name, **rec["recovery"]} for name, rec in models.items() if rec.get("recovery")]
+    if not rows:
+        return "<p>No pruned models profiled yet.</p>"
+    keys = ["model", "val_ap_pruned", "val_ap", "lr", "momentum", "recipe_source", "probe_candidates",
+            "probe_seconds", "epochs", "stopped_early", "final_dec_loss", "stuck_dec_loss"]
+    cols: list[Column] = [(k, lambda r, k=k: _fmt(r.get(k)), lambda r, k=k: _sort_value(r.get(k)),
+                           k in ("model", "recipe_source")) for k in keys]
+    stuck = [r["model"] for r in rows if r.get("stuck_dec_loss") is not None]
+    warn = (f"<p><b>Not recovered</b> (training decision loss near chance, {math.log(2):.3f}): "
+            f"{escape(', '.join(stuck))}.</p>" if stuck else "")
+    return ("<p>Validation AP right after pruning and after fine-tuning; the fine-tuning lr and momentum, "
+            "from the config or chosen by the probe on the validation split (prune.finetune_lr = \"auto\").</p>"
+            + warn + f'<div class="scroll">{table_html(cols, rows)}</div>')
+
+
 def _plain(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float)) or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))
 
@@ -213,7 +233,7 @@ def render(cfg: Config) -> str:
                         f"{results.get('schema_version')}"),
         ship=_ship(records), records=table, filters=filters,
         skipped=f"<h3>Runtimes not run</h3><ul>{skipped}</ul>" if skipped else "",
-        charts=_charts(run), benchmarks=_benchmarks(run), facts=_facts(results, records, manifest),
+        charts=_charts(run), recovery=_recovery(run), benchmarks=_benchmarks(run), facts=_facts(results, records, manifest),
         stages=_stages(manifest) if manifest else "", config=_config(cfg))
 
 

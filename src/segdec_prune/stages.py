@@ -21,7 +21,7 @@ from .training import TrainResult, train
 
 
 EXPORT_METADATA = 2  # 2: the decision threshold joined the ONNX metadata (older exports redo)
-REPORT_VERSION = 1  # raise when the page changes, so `run` rewrites old reports
+REPORT_VERSION = 2  # raise when the page changes, so `run` rewrites old reports
 
 
 def baseline_path(cfg: Config) -> Path:
@@ -188,7 +188,8 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
                       {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None}, lambda: [results],
                       gpu=True, exclusive=True))  # times every model: alone on its node
     steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
-    steps.append(Step("report", lambda: _report(cfg), [results, *_chart_files(run), *_benchmark_files(run)],
+    steps.append(Step("report", lambda: _report(cfg), [results, run / "profiling_results.json", *_chart_files(run),
+                                                        *_benchmark_files(run)],
                       {"config": cfg.to_dict(), "version": REPORT_VERSION}, lambda: [run / "report.html"]))
     return steps
 

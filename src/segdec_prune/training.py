@@ -57,6 +57,7 @@ class TrainResult:
     best_threshold: Threshold | None = None  # validation best-F1 threshold of the kept weights
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_early: bool = False
 
     def to_dict(self) -> dict:
         return {**asdict(self), "history": [asdict(h) for h in self.history]}
@@ -120,10 +121,11 @@ def output_losses(outputs: tuple[torch.Tensor, torch.Tensor], batch: Batch,
 def validate(model: SegDecNet, dataset: KSDD2Dataset, device: torch.device) -> Validation:
     """AP, mean decision BCE and the best-F1 threshold on a held-out set."""
     preds = predict(TorchRuntime(model, device), dataset, batch_size=8)
-    p = np.clip(preds.scores, 1e-7, 1 - 1e-7)
+    scores = np.nan_to_num(preds.scores, nan=0.5)  # a diverged model (NaN outputs) scores as a coin toss
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
     y = preds.labels.astype(float)
     bce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    m = classification_metrics(preds.labels, preds.scores)
+    m = classification_metrics(preds.labels, scores)
     return Validation(m["ap"], bce, Threshold(m["best_threshold"], f1=m["best_f1"]))
 
 
@@ -140,11 +142,13 @@ def train(
     description: str = "train",
     progress: Progress | None = None,
     iterations: int | None = None,
+    patience: int = 0,
 ) -> TrainResult:
     """Train in place; leaves the model holding its best-by-validation weights and saves them
     to `save_path` (None: the caller saves). Pass `progress` to show it inside an existing display.
     `iterations` stops after that many batches instead of `cfg.epochs` whole epochs (iterative
-    pruning's short rounds); the last (partial) epoch always validates.
+    pruning's short rounds); the last (partial) epoch always validates. `patience` > 0 stops
+    after that many validations without a better AP (early stopping; the best weights are kept).
     Under torchrun it trains data-parallel (`distributed`): same epochs and global batch, rank 0
     validates and saves, and every rank returns with rank 0's best weights and result."""
     seed_everything(cfg.seed)
@@ -168,7 +172,7 @@ def train(
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
                 if cfg.lr_schedule == "cosine" else None)
     result = TrainResult(best_epoch=-1, best_val_ap=-1.0)
-    best_key, best_state = (-1.0, float("inf")), None
+    best_key, best_state, stale = (-1.0, float("inf")), None, 0
     start, step = time.perf_counter(), 0
     with nullcontext(progress) if progress is not None else new_progress(disable=not show_progress) as bar:
         task = bar.add_task(description, total=total, info="")
@@ -200,8 +204,9 @@ def train(
             rec = EpochRecord(epoch, *mean[:3], seconds=time.perf_counter() - t0, loss_extra=mean[3])
             if ranks.main and ((epoch + 1) % cfg.validate_every == 0 or epoch == epochs - 1):
                 rec.val_ap, rec.val_loss, threshold = validate(model, val_set, device)
+                stale += 1
                 if (rec.val_ap, -rec.val_loss) > (best_key[0], -best_key[1]):
-                    best_key = (rec.val_ap, rec.val_loss)
+                    best_key, stale = (rec.val_ap, rec.val_loss), 0
                     best_state = copy.deepcopy(model.state_dict())
                     result.best_epoch, result.best_val_ap, result.best_threshold = epoch, rec.val_ap, threshold
                 bar.update(task, info=f"ep {epoch + 1} val AP {rec.val_ap:.4f} (best {result.best_val_ap:.4f})")
@@ -212,6 +217,9 @@ def train(
                     + (f" extra {rec.loss_extra:.4f}" if extra_loss is not None else "")
                     + (f", val AP {rec.val_ap:.4f}" if rec.val_ap is not None else "") + f" ({rec.seconds:.0f} s)"
                 )
+            if patience and distributed.from_main(stale) >= patience and epoch < epochs - 1:
+                result.stopped_early = True  # validation AP has not risen for `patience` validations
+                break
         if progress is not None:
             bar.remove_task(task)
     result.seconds = time.perf_counter() - start

@@ -137,6 +137,8 @@ def _assign_splits(reads: list[_Read], opts: ImportOptions) -> tuple[list[str], 
     strata = [f"{r.item.cls or ('defect' if r.defect else 'good')}|{r.defect}" for r in reads]
     val_to = "val" if opts.val_from == "split" else ("train" if "test" in source else "test")
     splits = [{"train": "train", "test": "test", "val": val_to}.get(r.item.split or "", "") for r in reads]
+    if "test" not in splits:  # a source with a train split alone: its test split is carved like an unsplit one's
+        splits = ["" if s == "train" else s for s in splits]
     for pool, fraction, held_name, salt in (("", opts.test_fraction, "test", 0), ("train", opts.val_fraction, "val", 1)):
         if pool == "train" and opts.val_from != "train":
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
 from ..model import SegDecNet, count_parameters
 from ..training import batches_per_epoch, resolve_device, train, validate
+from . import recipe
 from .allocate import Budget
 from .criteria import Batch
 from .distill import Distillation, TeacherOutputs
@@ -31,6 +33,8 @@ from .prune import prune_to_widths, round_widths
 
 if TYPE_CHECKING:
     from ..latency_table import LatencyTable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,9 +60,11 @@ def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed
 
 def finetune_config(cfg: Config, epochs: int) -> TrainConfig:
     """Fine-tuning: the training loop with the recovery recipe of `prune.*` (fixed loss weights:
-    the model is already trained; momentum and schedule as configured)."""
+    the model is already trained; momentum and schedule as configured). With `finetune_lr =
+    "auto"` lr and momentum here are placeholders until `recipe.choose` sets them."""
     p = cfg.prune
-    return dataclasses.replace(cfg.train, epochs=max(epochs, 1), lr=p.finetune_lr, momentum=p.finetune_momentum,
+    lr = p.finetune_lr if p.finetune_lr != "auto" else p.probe_lrs[0]
+    return dataclasses.replace(cfg.train, epochs=max(epochs, 1), lr=lr, momentum=p.finetune_momentum,
                                lr_schedule=p.finetune_schedule, dyn_balanced_loss=False,
                                seg_weight=p.finetune_seg_weight, validate_every=1)
 
@@ -104,6 +110,7 @@ class Recovered:
     rounds: list[dict]
     plan: dict
     threshold: Threshold  # validation best-F1 of the returned model
+    recipe: dict | None = None  # the fine-tuning recipe (and the probe's candidates when it chose)
 
 
 def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Config, data: RecoveryData,
@@ -124,7 +131,7 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
     extra = distillation(cfg, data.teacher, train_set) if total else None
     device = resolve_device(cfg.train.device)
     options = criterion_options(cfg)
-    model, rounds = source, []
+    model, rounds, chosen = source, [], None
     for i, widths in enumerate(plan):
         model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options,
                                          p.seed + i, planned.scores if i == 0 else None)
@@ -133,17 +140,26 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
         record = {"widths": widths.to_dict(), "removed_channels": removed, "val_ap_pruned": just_pruned.ap}
         iterations = total * (i + 1) // len(plan) - total * i // len(plan)
         if iterations:
-            round_cfg = dataclasses.replace(ft_cfg, seed=ft_cfg.seed + i)
+            chosen = chosen or recipe.choose(model, cfg, ft_cfg, train_set, val_set, extra, progress,
+                                             description.replace("fine-tune", "probe"))  # once, in round 1
+            round_cfg = dataclasses.replace(ft_cfg, seed=ft_cfg.seed + i, lr=chosen.lr, momentum=chosen.momentum)
             step = f" {i + 1}/{len(plan)}" if len(plan) > 1 else ""
             result = train(model, train_set, val_set, round_cfg, None, None, extra_loss=extra,
-                           progress=progress, description=description + step, iterations=iterations)
-            record.update(val_ap=result.best_val_ap, iterations=iterations, training=result.to_dict())
+                           progress=progress, description=description + step, iterations=iterations,
+                           patience=p.finetune_patience)
+            record.update(val_ap=result.best_val_ap, iterations=iterations, training=result.to_dict(),
+                          recipe=chosen.to_dict(), stuck_dec_loss=recipe.stuck(result.history))
             threshold = result.best_threshold  # of the weights train() kept
+            if record["stuck_dec_loss"] is not None:
+                log.warning("%s: the decision loss is still %.3f after fine-tuning (chance %.3f): not recovered; "
+                            "validation AP %.3f. Try more epochs, prune.finetune_lr = \"auto\" or a lower ratio",
+                            description, record["stuck_dec_loss"], recipe.CHANCE_DEC_LOSS, result.best_val_ap)
         else:
             record["val_ap"] = record["val_ap_pruned"]
         rounds.append(record)
         model.cpu()
-    return Recovered(model, rounds[0]["val_ap_pruned"], rounds[-1]["val_ap"], rounds, planned.info, threshold)
+    return Recovered(model, rounds[0]["val_ap_pruned"], rounds[-1]["val_ap"], rounds, planned.info, threshold,
+                     chosen.to_dict() if chosen else None)
 
 
 def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config, data: RecoveryData,
@@ -162,9 +178,12 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
         "widths": pruned.widths.to_dict(), "parameters": count_parameters(pruned),
         "param_reduction": 1 - count_parameters(pruned) / base_params,
         "val_ap_pruned": out.val_ap_pruned, "val_ap": out.val_ap, "threshold": out.threshold.to_dict(),
+        "recipe": out.recipe, "stuck_dec_loss": out.rounds[-1].get("stuck_dec_loss"),
         "removed_channels": out.rounds[0]["removed_channels"] if len(out.rounds) == 1 else None,
         "rounds": out.rounds, "teacher_sha256": data.teacher.baseline_sha256 if data.teacher and cfg.prune.distill else None,
-        "finetune_config": dataclasses.asdict(finetune_config(cfg, finetune_epochs)) if finetune_epochs else None,
+        "finetune_config": ({**dataclasses.asdict(finetune_config(cfg, finetune_epochs)),
+                             **({"lr": out.recipe["lr"], "momentum": out.recipe["momentum"]} if out.recipe else {})}
+                            if finetune_epochs else None),
         "prune_config": dataclasses.asdict(cfg.prune), "config": cfg.to_dict(),
     }
     path = cfg.run_dir / "models" / f"{name}.pth"

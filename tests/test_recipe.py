@@ -1,0 +1,101 @@
+"""The fine-tuning recipe: the probe's choice, fixed recipes, early stopping, the stuck warning."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from segdec_prune import training
+from segdec_prune.checkpoint import Checkpoint, InputSpec, load_checkpoint
+from segdec_prune.config import ConfigError, from_dict
+from segdec_prune.data.dataset import preprocessing_for, train_val_datasets
+from segdec_prune.pruning import recipe
+from segdec_prune.pruning.methods import get_method
+from segdec_prune.pruning.workflow import RecoveryData, finetune_config, prune_one
+from segdec_prune.training import EpochRecord, Validation, train
+
+from .conftest import SIZE
+
+
+def _cfg(tiny_config, **prune):
+    cfg = dataclasses.replace(tiny_config, prune=dataclasses.replace(tiny_config.prune, distill=False, **prune))
+    return cfg.validate()
+
+
+@pytest.fixture
+def sets(tiny_config):
+    return train_val_datasets(tiny_config.data, preprocessing_for(tiny_config.data, tiny_config.train))
+
+
+def test_probe_picks_the_lr_with_the_best_validation_ap(trained, tiny_config, sets):
+    # lr 1e-5 leaves the trained model as it is; lr 50 with momentum wrecks it within a few batches
+    cfg = _cfg(tiny_config, finetune_lr="auto", probe_lrs=[50.0, 1e-5], probe_momenta=[0.9], probe_fraction=1.0)
+    before = training.validate(trained, sets[1], torch.device("cpu")).ap
+    weights = copy.deepcopy(trained.state_dict())
+    chosen = recipe.choose(trained, cfg, finetune_config(cfg, 1), *sets, None)
+    assert chosen.source == "probe" and (chosen.lr, chosen.momentum) == (1e-5, 0.9)
+    by_lr = {c["lr"]: c for c in chosen.candidates}
+    assert by_lr[1e-5]["val_ap"] == pytest.approx(before, abs=0.02)
+    assert by_lr[1e-5]["val_ap"] > by_lr[50.0]["val_ap"] or not by_lr[50.0]["finite"]
+    assert chosen.iterations >= 1 and chosen.seconds > 0
+    assert all(torch.equal(v, weights[k]) for k, v in trained.state_dict().items())  # the model is untouched
+
+
+def test_a_fixed_lr_skips_the_probe(trained, tiny_config, sets, monkeypatch):
+    monkeypatch.setattr(recipe, "train", lambda *a, **k: pytest.fail("the probe ran"))
+    cfg = _cfg(tiny_config, finetune_lr=0.004, finetune_momentum=0.5)
+    chosen = recipe.choose(trained, cfg, finetune_config(cfg, 1), *sets, None)
+    assert (chosen.lr, chosen.momentum, chosen.source, chosen.candidates) == (0.004, 0.5, "config", [])
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(trained, tiny_config, sets, monkeypatch):
+    aps, seen = iter([0.5, 0.9, 0.8, 0.7, 0.95]), []
+
+    def fake_validate(model, dataset, device):
+        seen.append(copy.deepcopy(model.state_dict()))
+        return Validation(next(aps), 0.5, training.Threshold(0.5))
+
+    monkeypatch.setattr(training, "validate", fake_validate)
+    ft = dataclasses.replace(finetune_config(_cfg(tiny_config), 5), lr=0.01, device="cpu")
+    model = copy.deepcopy(trained)
+    result = train(model, *sets, ft, None, None, show_progress=False, patience=2)
+    assert result.stopped_early and len(result.history) == 4  # epochs 3 and 4 were no better than epoch 2
+    assert result.best_epoch == 1 and result.best_val_ap == 0.9
+    assert all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())
+
+
+def test_probe_record_round_trips_through_the_checkpoint(trained, tiny_config, sets, batches, tmp_path):
+    cfg = _cfg(tiny_config, finetune_lr="auto", probe_lrs=[0.001, 0.01], probe_momenta=[0.0], probe_fraction=0.5)
+    baseline = Checkpoint(trained, InputSpec(height=SIZE[0], width=SIZE[1]), {})
+    out = prune_one(baseline, get_method("naive_l1"), 0.5, cfg, RecoveryData(*sets, batches), finetune_epochs=1)
+    meta = load_checkpoint(out.path).metadata
+    assert meta["recipe"]["source"] == "probe" and len(meta["recipe"]["candidates"]) == 2
+    assert meta["finetune_config"]["lr"] == meta["recipe"]["lr"] in (0.001, 0.01)
+    assert meta["rounds"][0]["recipe"] == meta["recipe"]
+
+
+def test_stuck_decision_loss_is_reported(trained, tiny_config, sets, batches, caplog):
+    history = [EpochRecord(0, 0.1, 0.69, 0.8, 1.0), EpochRecord(1, 0.1, 0.3, 0.4, 1.0)]
+    assert recipe.stuck(history) is None and recipe.stuck(history[:1]) == pytest.approx(0.69)
+    # an lr too small to move anything, from a model pruned to its bones and given a coin-toss head
+    cfg = _cfg(tiny_config, finetune_lr=1e-9, finetune_momentum=0.0)
+    model = copy.deepcopy(trained)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    baseline = Checkpoint(model, InputSpec(height=SIZE[0], width=SIZE[1]), {})
+    with caplog.at_level(logging.WARNING):
+        out = prune_one(baseline, get_method("naive_l1"), 0.6, cfg, RecoveryData(*sets, batches), finetune_epochs=1)
+    assert "not recovered" in caplog.text and "naive_l1_r60" in caplog.text
+    assert load_checkpoint(out.path).metadata["stuck_dec_loss"] == pytest.approx(0.693, abs=0.01)
+
+
+@pytest.mark.parametrize("key, value", [("finetune_lr", "fast"), ("finetune_lr", 0), ("probe_lrs", []),
+                                        ("probe_momenta", [1.0]), ("probe_fraction", 0), ("finetune_patience", -1)])
+def test_recipe_options_are_validated(key, value):
+    with pytest.raises(ConfigError, match=f"prune.{key}"):
+        from_dict({"prune": {key: value}})
