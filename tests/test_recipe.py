@@ -94,8 +94,10 @@ def test_stuck_decision_loss_is_reported(trained, tiny_config, sets, batches, ca
     assert load_checkpoint(out.path).metadata["stuck_dec_loss"] == pytest.approx(0.693, abs=0.01)
 
 
-@pytest.mark.parametrize("key, value", [("finetune_lr", "fast"), ("finetune_lr", 0), ("probe_lrs", []),
+@pytest.mark.parametrize("key, value", [("finetune_lr", "fast"), ("finetune_lr", 0), ("finetune_lr", True), ("probe_lrs", []),
                                         ("probe_momenta", [1.0]), ("probe_fraction", 0), ("finetune_patience", -1)])
 def test_recipe_options_are_validated(key, value):
     with pytest.raises(ConfigError, match=f"prune.{key}"):
         from_dict({"prune": {key: value}})
+    assert from_dict({"prune": {"finetune_lr": "auto"}}).prune.finetune_lr == "auto"
+    assert from_dict({"prune": {"finetune_lr": 1}}).prune.finetune_lr == 1.0

@@ -253,13 +253,16 @@ def _require(key: str, ok: bool, why: str) -> None:
         raise ConfigError(f"config key {key}: {why}")
 
 
+NUMBER_OR_WORD = ("data.num_segmented", "prune.finetune_lr")  # "all" / "auto" or a number
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check a TOML value against the default's type (ints may stand for floats)."""
     kind = type(default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if key == "data.num_segmented" and isinstance(value, (int, str)) and not isinstance(value, bool):
-        return value
+    if key in NUMBER_OR_WORD and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return float(value) if key == "prune.finetune_lr" and not isinstance(value, str) else value  # validated later
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"config key {key}: expected {kind.__name__}, got {value!r}")
     return value
