@@ -121,8 +121,8 @@ def test_triangle_polygon_area_within_one_percent(tmp_path):
 def test_mvtec_moves_a_stratified_share_of_each_defect_type_to_train(tmp_path):
     src = tmp_path / "bottle"
     for i in range(4):
-        _img(src / "train" / "good" / f"{i:03d}.png", seed=i)
-        _img(src / "test" / "good" / f"{i:03d}.png", seed=10 + i)
+        _img(src / "train" / "good" / f"{i:03d}.png", seed=i, dtype=np.uint16 if i == 3 else np.uint8)
+        _img(src / "test" / "good" / f"{i:03d}.png", seed=10 + i, h=90 if i == 2 else 100, channels=3)
     for kind, n in (("crack", 4), ("scratch", 2)):
         for i in range(n):
             _img(src / "test" / kind / f"{i:03d}.png", seed=20 + i)
@@ -134,6 +134,8 @@ def test_mvtec_moves_a_stratified_share_of_each_defect_type_to_train(tmp_path):
     assert sum(r["class"] == "scratch" for r in by_split["train"]) == 1
     assert all(r["class"] == "good" and not r["defect"] for r in by_split["train"] if r["source"].startswith("train/"))
     assert sum(r["class"] == "good" for r in by_split["test"]) == 4
+    records = {r["id"]: r for r in manifest["images"]}
+    assert records["train_good_003"]["bit_depth"] == 16 and records["test_good_002"]["size"] == [200, 90]
     _assert_checks(tmp_path / "out", manifest)
 
 
@@ -187,8 +189,9 @@ def test_ksdd1_groups_by_part_folder(tmp_path):
     src = tmp_path / "KolektorSDD"
     for k in range(10):
         for j in range(4):
-            _img(src / f"kos{k:02d}" / f"Part{j}.jpg", seed=k * 4 + j)
-            _mask(src / f"kos{k:02d}" / f"Part{j}_label.bmp", box=(5, 9, 5, 30) if j == k % 4 and k < 6 else None)
+            h = 100 + 4 * (k % 3)  # parts of slightly different heights, as in KSDD1
+            _img(src / f"kos{k:02d}" / f"Part{j}.jpg", h=h, seed=k * 4 + j)
+            _mask(src / f"kos{k:02d}" / f"Part{j}_label.bmp", h=h, box=(5, 9, 5, 30) if j == k % 4 and k < 6 else None)
     manifest = import_dataset(src, tmp_path / "out", ImportOptions("ksdd1", test_fraction=0.3, val_fraction=0.25))
     side = {}
     for r in manifest["images"]:
