@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..artifacts import sha256, strict_json
+from ..artifacts import UMASK, sha256, strict_json
 from .formats import FORMATS, FormatOptions, SourceItem
 from .formats.common import clean_id, read_array, to_uint8
 from .ksdd2 import DatasetError, WEAK_LABELS
@@ -242,15 +242,9 @@ def _swap(staging: Path, out: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / out.name)
     os.replace(staging, out)
-    os.chmod(out, 0o777 & ~_umask())
+    os.chmod(out, 0o777 & ~UMASK)  # mkdtemp made it 0700; a data set folder gets the usual mode
     if old:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _manifest(src, opts, facts, reads, splits, groups, unmatched, skipped) -> dict:
