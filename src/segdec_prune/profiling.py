@@ -51,12 +51,12 @@ def recovery_summary(meta: dict) -> dict | None:
     if "val_ap_pruned" not in meta:
         return None
     rec = meta.get("recipe") or {}
-    rounds = meta.get("rounds") or [{}]
-    history = (rounds[-1].get("training") or {}).get("history") or [{}]
+    training = (meta.get("rounds") or [{}])[-1].get("training") or {}
+    history = training.get("history") or [{}]
     return {"val_ap_pruned": meta["val_ap_pruned"], "val_ap": meta.get("val_ap"), "lr": rec.get("lr"),
             "momentum": rec.get("momentum"), "recipe_source": rec.get("source"),
             "probe_candidates": len(rec.get("candidates") or []), "probe_seconds": rec.get("seconds"),
-            "epochs": len(history), "stopped_early": (rounds[-1].get("training") or {}).get("stopped_early"),
+            "epochs": len(history), "stopped_early": training.get("stopped_early"),
             "final_dec_loss": history[-1].get("loss_dec"), "stuck_dec_loss": meta.get("stuck_dec_loss")}
 
 

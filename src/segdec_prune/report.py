@@ -8,7 +8,6 @@ relative to the run folder: the page says nothing about the machine's file syste
 from __future__ import annotations
 
 import base64
-import math
 import json
 import string
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from .artifacts import atomic_write
 from .config import Config
+from .pruning.recipe import CHANCE_DEC_LOSS
 from .results import RESULTS_FILE, pareto_front, ship_rows
 from .tables import num
 
@@ -141,7 +141,7 @@ def _recovery(run: Path) -> str:
     cols: list[Column] = [(k, lambda r, k=k: _fmt(r.get(k)), lambda r, k=k: _sort_value(r.get(k)),
                            k in ("model", "recipe_source")) for k in keys]
     stuck = [r["model"] for r in rows if r.get("stuck_dec_loss") is not None]
-    warn = (f"<p><b>Not recovered</b> (training decision loss near chance, {math.log(2):.3f}): "
+    warn = (f"<p><b>Not recovered</b> (training decision loss near chance, {CHANCE_DEC_LOSS:.3f}): "
             f"{escape(', '.join(stuck))}.</p>" if stuck else "")
     return ("<p>Validation AP right after pruning and after fine-tuning; the fine-tuning lr and momentum, "
             "from the config or chosen by the probe on the validation split (prune.finetune_lr = \"auto\").</p>"

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..artifacts import UMASK, sha256, strict_json
 from .formats import FORMATS, FormatOptions, SourceItem
-from .formats.common import clean_id, read_array, to_uint8
+from .formats.common import clean_id, read_array, rel, to_uint8
 from .ksdd2 import DatasetError, WEAK_LABELS
 from .splits import group_keys, grouped_split
 
@@ -117,13 +117,9 @@ def _read_one(item: SourceItem, sid: str, staging: Path, src: Path) -> _Read:
         path.write_bytes(buf.tobytes())
     hashes = {item.rel: sha256(item.image)}
     if item.mask:
-        hashes[_rel_or_abs(item.mask.path, src)] = sha256(item.mask.path)
+        hashes[rel(item.mask.path, src)] = sha256(item.mask.path)
     return _Read(item, sid, (w, h), 1 if image.ndim == 2 else image.shape[2], raw.dtype.itemsize * 8, pixels,
                  bool(item.defect) if item.defect is not None else pixels > 0, hashes)
-
-
-def _rel_or_abs(path: Path, src: Path) -> str:
-    return path.relative_to(src).as_posix() if path.is_relative_to(src) else str(path)
 
 
 def _assign_splits(reads: list[_Read], opts: ImportOptions) -> tuple[list[str], list[str], int]:

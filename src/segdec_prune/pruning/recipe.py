@@ -6,6 +6,8 @@ damaged model) kills the decision head on another (magnetic tiles, pruned to cha
 model for `prune.probe_fraction` of an epoch, on the same batches, and is scored on the
 validation split (AP, ties: lower decision loss); the winner then fine-tunes in full. The probe
 never looks at the test split.
+Measured on the magnetic tiles it prefers the largest lr after a quarter epoch, which loses over
+5 epochs (README "Real images"), so no shipped config turns it on.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
             threshold = result.best_threshold  # of the weights train() kept
             if record["stuck_dec_loss"] is not None:
                 log.warning("%s: the decision loss is still %.3f after fine-tuning (chance %.3f): not recovered; "
-                            "validation AP %.3f. Try more epochs, prune.finetune_lr = \"auto\" or a lower ratio",
+                            "validation AP %.3f. Try more epochs (check whether validation AP was still rising) or a lower ratio",
                             description, record["stuck_dec_loss"], recipe.CHANCE_DEC_LOSS, result.best_val_ap)
         else:
             record["val_ap"] = record["val_ap_pruned"]

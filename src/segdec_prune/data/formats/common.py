@@ -83,7 +83,8 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
 
 
 def rel(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+    """`path` as recorded in import.json: relative to the source root, or whole when outside it."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
 def read_array(path: Path, what: str = "image") -> np.ndarray:

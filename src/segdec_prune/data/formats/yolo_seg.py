@@ -15,7 +15,7 @@ import yaml
 from matplotlib.path import Path as MplPath
 
 from ..ksdd2 import DatasetError
-from .common import SPLIT_NAMES, FormatOptions, Scan, SourceItem, list_images, rel
+from .common import SPLIT_NAMES, FormatOptions, Scan, SourceItem, list_images, rel, source_splits
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def split_folders(src: Path) -> dict[str, Path]:
     """Image folder per split: from data.yaml when present (relative to SRC or its `path`), else images/<split>."""
     spec = src / "data.yaml"
     if not spec.is_file():
-        return {s: src / "images" / s for s in SPLIT_NAMES if (src / "images" / s).is_dir()}
+        return source_splits(src / "images")
     try:
         doc = yaml.safe_load(spec.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -117,5 +117,5 @@ def read(src: Path, options: FormatOptions) -> Scan:
                 split=split, mask=PolygonFile(label) if label.is_file() else None,
             ))
     scan.facts["images_without_label"] = unlabelled
-    scan.facts["split_folders"] = {s: rel(f, src) if f.is_relative_to(src) else str(f) for s, f in folders.items()}
+    scan.facts["split_folders"] = {s: rel(f, src) for s, f in folders.items()}
     return scan
