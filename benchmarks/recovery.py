@@ -8,20 +8,24 @@ split; writes runs/<name>/recovery_benchmark.json.
     python benchmarks/recovery.py --config configs/demo.toml --seeds 3
 
 A recipe is a list of config overrides on top of the config file. Built in:
-  plain         the seed's fine-tuning: SGD without momentum, constant lr (--plain-lr), segmentation
-                weight 1, no distillation
-  tuned         the config's recipe (prune.finetune_*) without distillation
-  distill       the config's recipe with distillation, one-shot
+  default       the config's recipe as it is (the shipped configs: plain SGD, early stopping)
+  plain         SGD without momentum, constant lr (--plain-lr), segmentation weight 1, no distillation
+  tuned         the demo's recipe until 2026-12-01 without distillation: momentum 0.9, cosine,
+                segmentation weight 3, every epoch run
+  distill       that recipe with distillation (the demo's default until 2026-12-01), one-shot
   distill_iter  the same in prune.steps = 3 rounds (same total fine-tuning batches)
-  auto          the config's recipe with lr and momentum chosen per model by the probe
+  auto          distill with lr and momentum chosen per model by the probe
                 (prune.finetune_lr = "auto", pruning/recipe.py)
   auto_plain    the probe with plain fine-tuning: constant lr, segmentation weight 1, no distillation
+Method "baseline" fine-tunes the unpruned baseline with the recipe: the fair reference when the
+baseline was still improving as its training ended.
 Add your own with --recipe NAME=section.key=value,section.key=value.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -33,15 +37,21 @@ from segdec_prune.artifacts import write_json
 from segdec_prune.config import load_config
 from segdec_prune.profiling import macs_and_params
 from segdec_prune.pruning.methods import get_method
-from segdec_prune.pruning.workflow import RecoveryData, calibration_batches, prune_and_recover
+from segdec_prune.pruning.allocate import Budget
+from segdec_prune.pruning.workflow import (Recovered, RecoveryData, calibration_batches, distillation, finetune_config,
+                                          prune_and_recover)
+from segdec_prune.training import resolve_device, train, validate
 
+OLD = ["prune.finetune_momentum=0.9", "prune.finetune_schedule='cosine'", "prune.finetune_seg_weight=3.0",
+       "prune.finetune_patience=0"]  # the recipe the demo shipped until 2026-12-01 (with distillation)
 RECIPES: dict[str, list[str]] = {
+    "default": [],
     "plain": ["prune.distill=false", "prune.steps=1", "prune.finetune_momentum=0.0",
               "prune.finetune_schedule='constant'", "prune.finetune_seg_weight=1.0"],
-    "tuned": ["prune.distill=false", "prune.steps=1"],
-    "distill": ["prune.distill=true", "prune.steps=1"],
-    "distill_iter": ["prune.distill=true", "prune.steps=3"],
-    "auto": ["prune.finetune_lr='auto'", "prune.steps=1"],
+    "tuned": ["prune.distill=false", "prune.steps=1", *OLD],
+    "distill": ["prune.distill=true", "prune.steps=1", *OLD],
+    "distill_iter": ["prune.distill=true", "prune.steps=3", *OLD],
+    "auto": ["prune.finetune_lr='auto'", "prune.steps=1", "prune.distill=true", *OLD],
     "auto_plain": ["prune.finetune_lr='auto'", "prune.steps=1", "prune.distill=false",
                    "prune.finetune_schedule='constant'", "prune.finetune_seg_weight=1.0"],
 }
@@ -57,16 +67,33 @@ def parse_recipes(names: list[str], custom: list[str], plain_lr: float) -> dict[
     return recipes
 
 
+REFERENCE = "baseline"  # as a method: the unpruned baseline fine-tuned with the same recipe
+
+
+def finetuned_baseline(model, cfg, data: RecoveryData, epochs: int) -> Recovered:
+    """The baseline trained on with the recipe, unpruned: what the extra epochs alone give (a
+    baseline still improving when its training stopped makes pruned models look better than they are)."""
+    model, extra = copy.deepcopy(model), distillation(cfg, data.teacher, data.train_set)
+    before = validate(model, data.val_set, resolve_device(cfg.train.device)).ap
+    result = train(model, data.train_set, data.val_set, finetune_config(cfg, epochs), None, None, extra_loss=extra,
+                   patience=cfg.prune.finetune_patience)
+    record = {"val_ap_pruned": before, "val_ap": result.best_val_ap, "training": result.to_dict()}
+    recipe_ = {"lr": cfg.prune.finetune_lr, "momentum": cfg.prune.finetune_momentum, "source": "config", "seconds": 0.0}
+    return Recovered(model, before, result.best_val_ap, [record], {}, result.best_threshold, recipe_)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/demo.toml")
     ap.add_argument("--ratio", type=float, default=0.6)
+    ap.add_argument("--target-macs", type=float, default=None, help="a MACs budget instead of --ratio (0.2 = m20)")
     ap.add_argument("--methods", nargs="*", default=["ours_c4", "ours_c2", "naive_l1", "random"])
-    ap.add_argument("--recipes", nargs="*", default=["plain", "tuned", "distill", "distill_iter"], choices=list(RECIPES))
+    ap.add_argument("--recipes", nargs="*", default=["default", "distill"], choices=list(RECIPES))
     ap.add_argument("--recipe", action="append", default=[], metavar="NAME=OVERRIDES", help="an extra recipe")
     ap.add_argument("--plain-lr", type=float, default=0.05, help="the plain recipe's lr (the seed's demo value)")
-    ap.add_argument("--epochs", nargs="*", type=int, default=[1, 3])
+    ap.add_argument("--epochs", nargs="*", type=int, default=None, help="default: the config's prune.finetune_epochs")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
     console = Console()
@@ -76,24 +103,29 @@ def main() -> None:
     train_set, val_set = bench.sets
     base = bench.test_metrics(bench.baseline.model)
     base_macs, _ = macs_and_params(bench.baseline.model, spec.height, spec.width)
-    console.print(f"baseline test AP {base['ap']:.4f}, Dice {base['dice']:.4f}; r{args.ratio * 100:.0f} on {cfg.data.root}")
+    target = Budget("macs", args.target_macs) if args.target_macs else args.ratio
+    label = f"m{args.target_macs * 100:g}" if args.target_macs else f"r{args.ratio * 100:.0f}"
+    console.print(f"baseline test AP {base['ap']:.4f}, Dice {base['dice']:.4f}; {label} on {cfg.data.root}")
     recipes = parse_recipes(args.recipes, args.recipe, args.plain_lr)
     rows: dict[tuple, dict] = {}
-    for seed in range(args.seeds):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for seed in seeds:
         for rname, overrides in recipes.items():
             rcfg = load_config(args.config, [*overrides, f"prune.seed={seed}", f"train.seed={seed}"])
             batches = calibration_batches(train_set, rcfg.prune.calibration_batches, rcfg.train.batch_size, seed)
             teacher = bench.teacher if rcfg.prune.distill else None
-            for epochs in args.epochs:
+            for epochs in args.epochs or [cfg.prune.finetune_epochs]:
                 for mname in args.methods:
                     t0 = time.perf_counter()
                     data = RecoveryData(train_set, val_set, batches, teacher)
-                    out = prune_and_recover(bench.baseline.model, get_method(mname), args.ratio, rcfg, data, epochs)
+                    out = (finetuned_baseline(bench.baseline.model, rcfg, data, epochs) if mname == REFERENCE else
+                           prune_and_recover(bench.baseline.model, get_method(mname), target, rcfg, data, epochs))
                     m = bench.test_metrics(out.model)
                     row = rows.setdefault((rname, epochs, mname), {"ap": [], "dice": [], "val_ap": [], "seconds": [],
-                                                                   "recipe": [], "dec_loss": []})
+                                                                   "recipe": [], "dec_loss": [], "val_history": []})
                     row["recipe"].append(out.recipe)
                     row["dec_loss"].append(out.rounds[-1].get("training", {}).get("history", [{}])[-1].get("loss_dec"))
+                    row["val_history"].append([h.get("val_ap") for h in out.rounds[-1].get("training", {}).get("history", [])])
                     row["macs"] = macs_and_params(out.model, spec.height, spec.width)[0]
                     for key, value in (("ap", m["ap"]), ("dice", m["dice"]), ("val_ap", out.val_ap),
                                        ("seconds", time.perf_counter() - t0)):
@@ -105,7 +137,7 @@ def main() -> None:
                                   f"{chosen}, {row['seconds'][-1]:.0f} s)")
 
     table = Table("recipe", "epochs", "method", "test AP", "Dice", "seconds",
-                  title=f"recovery at r{args.ratio * 100:.0f} (mean ± sd over {args.seeds} seeds); "
+                  title=f"recovery at {label} (mean ± sd over {args.seeds} seeds); "
                         f"baseline AP {base['ap']:.4f}, Dice {base['dice']:.4f}")
     records = []
     for (rname, epochs, mname), row in rows.items():
@@ -114,10 +146,11 @@ def main() -> None:
                         "mac_reduction": 1 - row["macs"] / base_macs, "seeds": args.seeds,
                         "test_ap_mean": mean_sd(row["ap"])[0], "test_ap_sd": mean_sd(row["ap"])[1],
                         "dice_mean": mean_sd(row["dice"])[0], "dice_sd": mean_sd(row["dice"])[1],
-                        "seconds_mean": mean_sd(row["seconds"])[0], **{k: row[k] for k in ("ap", "dice", "val_ap", "seconds", "dec_loss", "recipe")}})
+                        "seconds_mean": mean_sd(row["seconds"])[0], **{k: row[k] for k in ("ap", "dice", "val_ap", "seconds", "dec_loss", "recipe", "val_history")}})
     console.print(table)
     out_path = Path(args.output or cfg.run_dir / "recovery_benchmark.json")
-    write_json({"config": args.config, "data": cfg.data.root, "ratio": args.ratio, "baseline_test_ap": base["ap"],
+    write_json({"config": args.config, "data": cfg.data.root, "ratio": args.ratio, "target_macs": args.target_macs,
+                "seeds": list(seeds), "baseline_test_ap": base["ap"],
                 "baseline_dice": base["dice"], "rows": records}, out_path)
     console.print(f"wrote {out_path}")
 

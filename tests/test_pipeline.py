@@ -26,6 +26,7 @@ def _config(tiny_synth, tmp_path, budgets: str = "", methods: str = '["naive_l1"
         f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
         '[train]\nepochs = 1\nbatch_size = 2\ndevice = "cpu"\n'
         f'[prune]\nmethods = {methods}\nratios = [0.5]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
+        'distill = true\nfinetune_momentum = 0.9\n'
         f'{budgets}'
         '[deploy]\ncalibration_images = 8\nruns = 3\nwarmup = 1\nthroughput_batch = 2\n'
         'int8_calibrations = ["minmax", "entropy"]\nint8_fp32_candidates = ["seg_head", "decision_head"]\n'

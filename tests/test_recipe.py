@@ -101,3 +101,35 @@ def test_recipe_options_are_validated(key, value):
         from_dict({"prune": {key: value}})
     assert from_dict({"prune": {"finetune_lr": "auto"}}).prune.finetune_lr == "auto"
     assert from_dict({"prune": {"finetune_lr": 1}}).prune.finetune_lr == 1.0
+
+
+def test_reset_decision_makes_the_head_unsure_and_only_before_fine_tuning(trained, tiny_config, sets, batches):
+    from segdec_prune.model import reset_decision
+    from segdec_prune.pruning.workflow import prune_and_recover
+
+    x = torch.randn(3, 3, *SIZE)
+    model = copy.deepcopy(trained)
+    convs_before = [copy.deepcopy(b[0].weight) for b in model.extractor if isinstance(b, torch.nn.Sequential)]
+    reset_decision(model, "fc")
+    assert torch.equal(model(x)[0], torch.zeros(3, 1))  # every image scores 0.5
+    assert torch.equal(model(x)[1], trained(x)[1])  # the segmentation path is untouched
+    reset_decision(model, "head")
+    convs_after = [b[0].weight for b in model.extractor if isinstance(b, torch.nn.Sequential)]
+    assert not any(torch.equal(a, b) for a, b in zip(convs_before, convs_after))
+    with pytest.raises(ValueError, match="unknown decision reset"):
+        reset_decision(model, "all")
+    # without fine-tuning after it a reset would ship a coin toss: it is skipped
+    cfg = _cfg(tiny_config, reset_decision="fc")
+    out = prune_and_recover(trained, get_method("naive_l1"), 0.5, cfg, RecoveryData(*sets, batches), finetune_epochs=0)
+    assert not torch.equal(out.model(x)[0], torch.zeros(3, 1))
+    still = _cfg(tiny_config, reset_decision="fc", finetune_lr=1e-12, finetune_momentum=0.0)
+    tuned = prune_and_recover(trained, get_method("naive_l1"), 0.5, still, RecoveryData(*sets, batches), finetune_epochs=1)
+    assert tuned.model.fc.weight.abs().max() < 1e-6  # reset, then an lr too small to move it
+
+
+def test_fine_tuning_can_rerun_the_papers_dynamic_balancing(tiny_config):
+    assert finetune_config(_cfg(tiny_config), 4).dyn_balanced_loss is False  # fixed weights by default
+    ft = finetune_config(_cfg(tiny_config, finetune_dyn_balanced=True), 4)
+    assert ft.dyn_balanced_loss is True and training.loss_weights(0, ft) == (1.0, 0.0)
+    with pytest.raises(ConfigError, match="prune.reset_decision"):
+        from_dict({"prune": {"reset_decision": "everything"}})

@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .model import decision_map_size
+from .model import DECISION_RESETS, decision_map_size
 from .pruning.methods import METHODS
 from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS, RUNTIMES
 
@@ -107,17 +107,19 @@ class PruneConfig:
     include_extractor: bool = False  # also prune the decision head's three small convs
     seed: int = 0
     # The recovery recipe (README "Recovery"): the same for every method, so the comparison is fair.
-    finetune_epochs: int = 3
+    finetune_epochs: int = 20  # at most: early stopping (finetune_patience) ends most runs sooner
     finetune_lr: float | str = 0.01  # a number, or "auto": chosen per model by a short probe (pruning/recipe.py)
-    finetune_momentum: float = 0.9  # with a fixed lr
+    finetune_momentum: float = 0.0  # with a fixed lr
     probe_lrs: list = field(default_factory=lambda: [0.001, 0.01, 0.03])  # finetune_lr = "auto": candidates
     probe_momenta: list = field(default_factory=lambda: [0.0, 0.9])  # ... each lr with each momentum
     probe_fraction: float = 0.25  # ... each trained for this share of an epoch, then scored on validation
-    finetune_patience: int = 0  # stop after this many epochs without a better validation AP (0 = never)
-    finetune_schedule: str = "cosine"  # constant | cosine
+    finetune_patience: int = 5  # stop after this many epochs without a better validation AP (0 = never)
+    finetune_schedule: str = "constant"  # constant | cosine
     finetune_seg_weight: float = 3.0  # fixed loss weights: segmentation this, decision train.delta
+    reset_decision: str = "none"  # after pruning: none | fc (zero the final layer) | head (and the extractor)
+    finetune_dyn_balanced: bool = False  # instead: the paper's dynamic balancing again (seg first, decision later)
     steps: int = 1  # iterative pruning: reach the ratio in this many prune -> fine-tune rounds
-    distill: bool = True  # learn the unpruned baseline's outputs too (soft targets)
+    distill: bool = False  # learn the unpruned baseline's outputs too (soft targets)
     distill_temperature: float = 1.0
     distill_dec_weight: float = 1.0  # weight of the decision-logit distillation term
     distill_seg_weight: float = 1.0  # weight of the per-pixel segmentation distillation term
@@ -165,6 +167,8 @@ class PruneConfig:
         _require("prune.finetune_schedule", self.finetune_schedule in LR_SCHEDULES,
                  f"must be one of {', '.join(LR_SCHEDULES)}, got {self.finetune_schedule!r}")
         _require("prune.finetune_seg_weight", self.finetune_seg_weight >= 0, f"must be >= 0, got {self.finetune_seg_weight}")
+        _require("prune.reset_decision", self.reset_decision in DECISION_RESETS,
+                 f"must be one of {', '.join(DECISION_RESETS)}, got {self.reset_decision!r}")
         _require("prune.steps", self.steps >= 1, f"must be >= 1, got {self.steps}")
         _require("prune.distill_temperature", self.distill_temperature > 0, f"must be > 0, got {self.distill_temperature}")
         for key in ("distill_dec_weight", "distill_seg_weight"):

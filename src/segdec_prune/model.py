@@ -185,6 +185,29 @@ def conv_macs(widths: Widths, in_channels: int, height: int, width: int) -> int:
     return total + 2 * widths.extractor[-1] + 2
 
 
+DECISION_RESETS = ("none", "fc", "head")
+
+
+def reset_decision(model: SegDecNet, part: str) -> None:
+    """Make the decision head unsure again after pruning: "fc" zeroes the final linear layer
+    (every image scores 0.5), "head" also re-initialises the extractor's convs and norms.
+    A head fitted to the unpruned features can be confidently wrong on the pruned ones (the
+    tiles: decision loss 1.0 in the first epoch, a coin toss is 0.69). Opt-in: measured on
+    the demo only (README "Recovery")."""
+    if part not in DECISION_RESETS:
+        raise ValueError(f"unknown decision reset {part!r}; one of {', '.join(DECISION_RESETS)}")
+    if part == "none":
+        return
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+        if part == "head":
+            for block in (m for m in model.extractor if isinstance(m, nn.Sequential)):
+                nn.init.xavier_normal_(block[0].weight)
+                block[1].scale.fill_(1.0)
+                block[1].bias.zero_()
+
+
 def widths_from_state_dict(state: dict[str, torch.Tensor]) -> Widths:
     """Read the widths off the conv weight shapes (works for the paper's own state_dicts)."""
     try:

@@ -1,5 +1,5 @@
-"""Prune to the planned widths (`plan.py`) -> fine-tune (with distillation, in one or several
-rounds) -> save, for one method and one target."""
+"""Prune to the planned widths (`plan.py`) -> fine-tune (early-stopped on validation AP, with
+distillation when configured, in one or several rounds) -> save, for one method and one target."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..calibration import select
 from ..checkpoint import Checkpoint, Threshold, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
-from ..model import SegDecNet, count_parameters
+from ..model import SegDecNet, count_parameters, reset_decision
 from ..training import batches_per_epoch, resolve_device, train, validate
 from . import recipe
 from .allocate import Budget
@@ -65,7 +65,7 @@ def finetune_config(cfg: Config, epochs: int) -> TrainConfig:
     p = cfg.prune
     lr = p.finetune_lr if p.finetune_lr != "auto" else p.probe_lrs[0]
     return dataclasses.replace(cfg.train, epochs=max(epochs, 1), lr=lr, momentum=p.finetune_momentum,
-                               lr_schedule=p.finetune_schedule, dyn_balanced_loss=False,
+                               lr_schedule=p.finetune_schedule, dyn_balanced_loss=p.finetune_dyn_balanced,
                                seg_weight=p.finetune_seg_weight, validate_every=1)
 
 
@@ -140,6 +140,8 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
         record = {"widths": widths.to_dict(), "removed_channels": removed, "val_ap_pruned": just_pruned.ap}
         iterations = total * (i + 1) // len(plan) - total * i // len(plan)
         if iterations:
+            if i == 0:  # after measuring what pruning did; never without fine-tuning after it
+                reset_decision(model, p.reset_decision)
             chosen = chosen or recipe.choose(model, cfg, ft_cfg, train_set, val_set, extra, progress,
                                              description.replace("fine-tune", "probe"))  # once, in round 1
             round_cfg = dataclasses.replace(ft_cfg, seed=ft_cfg.seed + i, lr=chosen.lr, momentum=chosen.momentum)
