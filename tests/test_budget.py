@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -120,6 +121,16 @@ def test_latency_table_is_rebuilt_when_its_key_changes_or_it_is_damaged(table_ru
     _, reused = lt.latency_table(run, other)
     assert not reused and len(calls) == 2
     assert json.loads(lt.table_path(run, other).read_text())["key"] == other
+
+
+def test_latency_table_never_predicts_below_zero(table_run):
+    _, _, table = table_run
+    narrow = Widths((16, 16, 16, 16, 16, 16, 16, 16, 128))
+    blocks = table.baseline_ms - table.rest_ms  # the full-width blocks' sum
+    whole = blocks / 1.5  # blocks timed on a busy machine: 1.5x the whole network
+    loaded = dataclasses.replace(table, baseline_ms=whole, rest_ms=whole - blocks)
+    assert loaded.predict(Widths()) == pytest.approx(loaded.baseline_ms)
+    assert 0 < loaded.predict(narrow) < loaded.baseline_ms
 
 
 def test_latency_table_errors(tmp_path):

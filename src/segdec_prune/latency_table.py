@@ -83,10 +83,16 @@ class LatencyTable:
     path: str = ""
 
     def predict(self, widths: Widths) -> float:
-        """Predicted batch-1 milliseconds of SegDecNet(widths) in this table's runtime."""
+        """Predicted batch-1 milliseconds of SegDecNet(widths) in this table's runtime. Where the
+        blocks, timed one by one, add up to more than the whole baseline (a loaded machine), the
+        rest is negative: then the blocks are scaled to the baseline instead, so that no
+        prediction goes below zero and the baseline is still predicted exactly."""
         k = self.key
         shapes = block_shapes(widths, k["in_channels"], k["height"], k["width"], k["include_extractor"])
-        return self.rest_ms + sum(t.predict(b.cin, b.cout, self.step) for t, b in zip(self.blocks, shapes, strict=True))
+        blocks = sum(t.predict(b.cin, b.cout, self.step) for t, b in zip(self.blocks, shapes, strict=True))
+        if self.rest_ms >= 0:
+            return self.rest_ms + blocks
+        return blocks * self.baseline_ms / (self.baseline_ms - self.rest_ms)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
