@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from segdec_prune.artifacts import write_json
 from segdec_prune.config import load_config
 from segdec_prune.profiling import macs_and_params
 from segdec_prune.pruning.methods import get_method
+from segdec_prune.pruning import recipe
 from segdec_prune.pruning.allocate import Budget
 from segdec_prune.pruning.workflow import (Recovered, RecoveryData, calibration_batches, distillation, finetune_config,
                                           prune_and_recover)
@@ -75,11 +77,12 @@ def finetuned_baseline(model, cfg, data: RecoveryData, epochs: int) -> Recovered
     baseline still improving when its training stopped makes pruned models look better than they are)."""
     model, extra = copy.deepcopy(model), distillation(cfg, data.teacher, data.train_set)
     before = validate(model, data.val_set, resolve_device(cfg.train.device)).ap
-    result = train(model, data.train_set, data.val_set, finetune_config(cfg, epochs), None, None, extra_loss=extra,
-                   patience=cfg.prune.finetune_patience)
+    ft_cfg = finetune_config(cfg, epochs)
+    chosen = recipe.choose(model, cfg, ft_cfg, data.train_set, data.val_set, extra)  # the probe too, with "auto"
+    result = train(model, data.train_set, data.val_set, dataclasses.replace(ft_cfg, lr=chosen.lr, momentum=chosen.momentum),
+                   None, None, extra_loss=extra, patience=cfg.prune.finetune_patience)
     record = {"val_ap_pruned": before, "val_ap": result.best_val_ap, "training": result.to_dict()}
-    recipe_ = {"lr": cfg.prune.finetune_lr, "momentum": cfg.prune.finetune_momentum, "source": "config", "seconds": 0.0}
-    return Recovered(model, before, result.best_val_ap, [record], {}, result.best_threshold, recipe_)
+    return Recovered(model, before, result.best_val_ap, [record], {}, result.best_threshold, chosen.to_dict())
 
 
 def main() -> None:
