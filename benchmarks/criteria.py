@@ -57,18 +57,22 @@ def main() -> None:
             method = get_method(name)
             for ratio in ratios:
                 t0 = time.perf_counter()
-                pruned, _ = prune_model(baseline.model, method, ratio, batches, (spec.height, spec.width),
-                                        cfg.prune.round_to, cfg.prune.include_extractor,
-                                        criterion_options(cfg), seed)
                 row = rows.setdefault((name, ratio), {"before": [], "after": [], "dice": [], "seconds": []})
-                row["macs"], _ = macs_and_params(pruned, spec.height, spec.width)
-                row["before"].append(bench.test_metrics(pruned)["ap"])
-                if epochs > 0:
+
+                def measure(pruned) -> None:  # right after pruning, before any fine-tuning
+                    row["macs"], _ = macs_and_params(pruned, spec.height, spec.width)
+                    row["before"].append(bench.test_metrics(pruned)["ap"])
+
+                if epochs > 0:  # prune once: the recovery measures the pruned model on its way
                     data = RecoveryData(train_set, val_set, batches, teacher)
-                    out = prune_and_recover(baseline.model, method, ratio, scfg, data, epochs)
+                    out = prune_and_recover(baseline.model, method, ratio, scfg, data, epochs, on_pruned=measure)
                     m = bench.test_metrics(out.model)
                     row["after"].append(m["ap"])
                     row["dice"].append(m["dice"])
+                else:
+                    measure(prune_model(baseline.model, method, ratio, batches, (spec.height, spec.width),
+                                        cfg.prune.round_to, cfg.prune.include_extractor, criterion_options(cfg),
+                                        seed)[0])
                 row["seconds"].append(time.perf_counter() - t0)
                 console.print(f"seed {seed} {name} r{ratio:.2f}: AP {row['before'][-1]:.4f} -> "
                               f"{row['after'][-1] if row['after'] else float('nan'):.4f} ({row['seconds'][-1]:.0f} s)")

@@ -101,6 +101,67 @@ def test_ray_reports_a_failed_step_and_finishes_the_others(ray_run):
     assert "evaluate: blocked" in r.output
 
 
+def test_local_workers_run_the_plan_like_one_process(tiny_synth, tmp_path):
+    cfg = _config(tiny_synth, tmp_path)
+    run = tmp_path / "runs" / "p"
+    r = runner.invoke(app, ["run", "--config", str(cfg), "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert "local executor, 2 workers" in " ".join(r.output.split())
+    steps = json.loads((run / "manifest.json").read_text())["steps"]
+    config = load_config(cfg)
+    assert sorted(steps) == sorted(s.name for s in plan(config, RunState(config)))
+    assert all(rec["status"] in ("done", "unavailable") for rec in steps.values())
+    res = json.loads((run / "real_evaluation_results.json").read_text())
+    assert {(x["model"], x["runtime"], x["dtype"]) for x in res["records"]} == {
+        (m, rt, dt) for m in ("baseline_best", "naive_l1_r50", "ours_c2_r50")
+        for rt, dt in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))}
+    again = runner.invoke(app, ["run", "--config", str(cfg), "--workers", "2"])
+    assert again.exit_code == 0 and ": done in" not in again.output, again.output
+    r = runner.invoke(app, ["run", "--config", str(cfg), "--workers", "2", "--executor", "ray"])
+    assert r.exit_code == 2 and "--task-cpus" in r.output
+
+
+def test_an_exclusive_step_runs_alone(tmp_path):
+    """Nothing else runs beside a step that times latency, and it waits for the running ones."""
+    from segdec_prune.driver import drive
+    from segdec_prune.pipeline import Step
+
+    def step(name, inputs=(), exclusive=False):
+        return Step(name, lambda: None, [tmp_path / i for i in inputs], {}, lambda: [tmp_path / name],
+                    exclusive=exclusive)
+
+    steps = [step("a"), step("b"), step("latency", exclusive=True), step("c"), step("after", ["latency"])]
+
+    class Pool:
+        def __init__(self):
+            self.running, self.seen = [], []
+
+        def submit(self, s, alongside):
+            assert alongside >= 1
+            self.seen.append((s.name, list(self.running)))
+            self.running.append(s.name)
+            return s.name
+
+        def wait(self, handles):
+            from segdec_prune.cluster import TaskResult
+
+            name = self.running.pop(0)
+            (tmp_path / name).write_text("x")
+            return name, TaskResult("done", "", 0.1, {}, "cpu", "here")
+
+        def cancel(self, handles):
+            pass
+
+    pool = Pool()
+    outcomes = drive(steps, Manifest(tmp_path / "manifest.json"), set(), lambda o: None, pool, exclusive_alone=True)
+    assert [o.status for o in outcomes] == ["done"] * 5
+    seen = dict(pool.seen)
+    assert seen["latency"] == []  # started on an idle pool
+    started = [n for n, _ in pool.seen]
+    assert all("latency" not in beside for n, beside in pool.seen)  # nothing started beside it
+    assert started.index("c") < started.index("latency")  # the others did not wait for it
+
+
 def test_a_node_without_the_run_folder_is_named(tiny_config):
     tiny_config.run_dir.mkdir(parents=True)
     (tiny_config.run_dir / TOKEN_FILE).write_text("the driver's")

@@ -85,6 +85,35 @@ def test_int8_runs_and_tracks_fp32(run_dir, images, trained):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
 
 
+@pytest.mark.parametrize("early_exit", [True, False])
+def test_int8_search_goes_on_until_a_candidate_holds_ap(run_dir, images, val_set, monkeypatch, early_exit):
+    """The first candidate (minmax) loses AP: the early exit stops at the next one that holds it,
+    the full search tries all and keeps one that holds it too."""
+    import itertools
+
+    import segdec_prune.int8 as int8
+
+    good = np.where(val_set.labels, 0.9, 0.1)
+    scores = itertools.chain([good, 1 - good], itertools.repeat(good))  # FP32, minmax (ranking inverted), the rest
+    real = int8.predict
+
+    def fake(runtime, dataset, batch_size=8):
+        preds = real(runtime, dataset, batch_size)
+        preds.scores = next(scores)
+        return preds
+
+    monkeypatch.setattr(int8, "predict", fake)
+    search = Int8Search(calibrations=("minmax", "percentile"), fp32_candidates=("seg_head", "decision_head"),
+                        early_exit=early_exit)
+    _, choice, _ = int8.choose_int8(run_dir / "onnx" / "baseline_best.onnx", images, val_set, search)
+    assert choice.within_tolerance and choice.val_ap == choice.val_ap_fp32 == 1.0
+    assert choice.calibration == "percentile" and choice.early_exit is early_exit
+    tried = [(c["calibration"], c["fp32_layers"]) for c in choice.candidates]
+    assert tried == ([("minmax", []), ("percentile", [])] if early_exit else
+                     [("minmax", []), ("percentile", []), ("percentile", ["seg_head"]),
+                      ("percentile", ["decision_head"]), ("percentile", ["seg_head", "decision_head"])])
+
+
 def test_build_int8_and_open_runtime(run_dir, images, val_set):
     search = Int8Search(calibrations=("minmax",), fp32_candidates=())
     built = [build_artifact(run_dir, n, "onnxruntime", "int8", images, search, val_set)

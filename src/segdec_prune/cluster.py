@@ -1,29 +1,25 @@
 """The Ray executor: the same step plan as a local run, its independent steps spread over a cluster.
 
-The driver (this process) builds the plan, submits every step whose inputs are ready as a Ray task
-and alone writes manifest.json, one record per finished step: an interrupted driver resumes like a
-local run, and a failed task is recorded and reported while the steps that do not need it go on.
-A task gets the config and a step name, rebuilds the plan on its node and runs that step, so
-nodes share code, config and storage, never Python objects. Steps that time latency (`exclusive`)
-run alone on the driver's node: they ask for all of its CPUs and GPUs, so no other task shares
-the machine while they time, and their figures come from one machine, as in a local run.
+The driver (this process) builds the plan and runs it with `driver.drive`, the loop the local
+worker pool uses too: every step whose inputs are ready becomes a Ray task, the driver alone
+writes manifest.json. A task gets the config and a step name, rebuilds the plan on its node and
+runs that step, so nodes share code, config and storage, never Python objects. Steps that time
+latency (`exclusive`) run alone on the driver's node: they ask for all of its CPUs and GPUs, so
+no other task shares the machine while they time, and their figures come from one machine.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import socket
-import time
-import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write
 from .config import Config, from_dict
-from .pipeline import Manifest, Outcome, Step, needs_run, record, run_step
-from .schedule import dependents, dependencies
+from .pipeline import Manifest, Outcome, Step, run_step
 
 INSTALL_HINT = "the Ray executor needs ray: pip install 'segdec-prune[cluster]'"
 TOKEN_FILE = ".executor-token"  # written by the driver, read by every task: proves shared storage
@@ -90,12 +86,22 @@ def run_named_step(config: dict[str, Any], name: str, token: str, cpus: int) -> 
     cfg = from_dict(config)
     check_shared_storage(cfg, token)
     torch.set_num_threads(max(1, cpus))
-    steps = {s.name: s for s in plan(cfg, RunState(cfg, progress=new_progress(disable=True)))}
+    state = RunState(cfg, progress=new_progress(disable=True), data_from=_data_state(json.dumps(config, sort_keys=True)))
+    steps = {s.name: s for s in plan(cfg, state)}
     if name not in steps:
         raise ClusterError(f"node {socket.gethostname()} plans no step {name!r}: run the same segdec-prune "
                            "version on every node")
     status, detail, seconds = run_step(steps[name])
     return TaskResult(status, detail, seconds, library_versions(), machine(), socket.gethostname())
+
+
+@functools.lru_cache(maxsize=1)
+def _data_state(config: str):
+    """A state whose splits are read once per worker process and config (on first use: most steps
+    never need them): a worker runs many steps of one run, and reading the data is seconds a step."""
+    from .stages import RunState
+
+    return RunState(from_dict(json.loads(config)))
 
 
 @dataclass
@@ -146,59 +152,32 @@ def execute_ray(cfg: Config, steps: Sequence[Step], manifest: Manifest, force: s
             ray.shutdown()
 
 
+class RayPool:
+    """Steps as Ray tasks, each asking for what `Requests.options` says."""
+
+    def __init__(self, ray, requests: Requests, config: dict[str, Any], token: str) -> None:
+        self.ray, self.requests, self.config, self.token = ray, requests, config, token
+        self.task = ray.remote(max_retries=0)(run_named_step)
+
+    def submit(self, step: Step, alongside: int = 1):
+        opts = self.requests.options(step)
+        return self.task.options(**opts).remote(self.config, step.name, self.token, int(opts["num_cpus"]))
+
+    def wait(self, handles: list):
+        [ref], _ = self.ray.wait(handles, num_returns=1)
+        try:
+            return ref, self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            return ref, getattr(exc, "cause", None) or exc
+
+    def cancel(self, handles: list) -> None:
+        for ref in handles:
+            self.ray.cancel(ref, force=True)
+
+
 def _drive(ray, cfg: Config, steps: Sequence[Step], manifest: Manifest, force: set[str],
            on_event: Callable[[Outcome], None], task_cpus: int) -> list[Outcome]:
-    requests = cluster_requests(ray, task_cpus)
-    token = uuid.uuid4().hex
-    atomic_write(cfg.run_dir / TOKEN_FILE, lambda tmp: tmp.write_text(token))
-    config = portable_config(cfg)
-    task = ray.remote(max_retries=0)(run_named_step)
-    by_name = {s.name: s for s in steps}
-    deps = dependencies(steps)
-    users = dependents(deps)
-    waiting = {n: len(d) for n, d in deps.items()}
-    ready = deque(n for n in by_name if not waiting[n])
-    blocked: dict[str, str] = {}  # step -> the failed step it needs
-    running: dict[Any, tuple[str, dict[str, str], float]] = {}
-    outcomes: dict[str, Outcome] = {}
+    from .driver import drive, new_token
 
-    def finish(out: Outcome) -> None:
-        outcomes[out.name] = out
-        on_event(out)
-        for u in users[out.name]:
-            if out.status in ("failed", "blocked"):
-                blocked.setdefault(u, blocked.get(out.name, out.name))
-            waiting[u] -= 1
-            if not waiting[u]:
-                ready.append(u)
-
-    while ready or running:
-        while ready:
-            name = ready.popleft()
-            if name in blocked:
-                finish(Outcome(name, "blocked", 0.0, f"not run: needs {blocked[name]}, which failed"))
-                continue
-            stale, inputs = needs_run(by_name[name], manifest, force)
-            if not stale:
-                finish(Outcome(name, "skipped", 0.0, "up to date"))
-                continue
-            opts = requests.options(by_name[name])
-            cpus = int(opts["num_cpus"])
-            running[task.options(**opts).remote(config, name, token, cpus)] = (name, inputs, time.perf_counter())
-        if not running:
-            break
-        [ref], _ = ray.wait(list(running), num_returns=1)
-        name, inputs, t0 = running.pop(ref)
-        try:
-            r = ray.get(ref)
-            out = record(manifest, by_name[name], inputs, r.status, r.detail, r.seconds, r.versions, r.device, r.node)
-        except ray.exceptions.RayError as exc:
-            cause = getattr(exc, "cause", None) or exc
-            if isinstance(cause, SharedStorageError):
-                for other in running:
-                    ray.cancel(other, force=True)
-                raise SharedStorageError(str(cause)) from None
-            detail = f"{type(cause).__name__}: {cause}".strip().splitlines()[0]
-            out = record(manifest, by_name[name], inputs, "failed", detail, time.perf_counter() - t0, {}, "")
-        finish(out)
-    return [outcomes[s.name] for s in steps]
+    pool = RayPool(ray, cluster_requests(ray, task_cpus), portable_config(cfg), new_token(cfg))
+    return drive(steps, manifest, force, on_event, pool)

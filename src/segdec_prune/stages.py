@@ -46,15 +46,19 @@ def train_baseline(cfg: Config, sets: tuple[KSDD2Dataset, KSDD2Dataset], progres
 class RunState:
     """Things several steps need, loaded once and only when a step that needs them runs."""
 
-    def __init__(self, cfg: Config, progress: Progress | None = None, baseline_file: Path | None = None) -> None:
+    def __init__(self, cfg: Config, progress: Progress | None = None, baseline_file: Path | None = None,
+                 data_from: "RunState | None" = None) -> None:
         self.cfg = cfg
         self.progress = progress
         self.baseline_file = baseline_file or baseline_path(cfg)
+        self.data_from = data_from  # another state of the same config whose splits this one shares
         self._sparse: SegDecNet | None = None
         self._tables: dict[tuple[str, str], object] = {}
 
     @cached_property
     def sets(self) -> tuple[KSDD2Dataset, KSDD2Dataset]:
+        if self.data_from is not None:
+            return self.data_from.sets
         return train_val_datasets(self.cfg.data, preprocessing_for(self.cfg.data, self.cfg.train))
 
     @cached_property
@@ -301,10 +305,12 @@ def train_line(result: TrainResult) -> str:
 
 
 def prune_line(out: PruneOutcome) -> str:
-    """What the manifest says of a pruned model (`run`'s step and the `prune` command alike)."""
+    """What the manifest says of a pruned model (`run`'s step and the `prune` command alike),
+    with where its time went: fine-tuning (epochs run) against the rest."""
     ms = out.plan["measured_plan_ms"] or out.plan["predicted_latency_ms"]
     plan = f"{out.plan['mac_fraction']:.1%} of the MACs" + (f", {ms:.2f} ms planned" if ms else "")
-    return f"{plan}; val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}"
+    tuned = f"; {out.epochs} epochs in {out.finetune_seconds:.0f} s" if out.epochs else ""
+    return f"{plan}; val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}{tuned}"
 
 
 def _evaluate(state: RunState, evaluate_run) -> str:
@@ -358,11 +364,14 @@ def build_model(state: RunState, name: str, runtime: str, precision: str, calibr
 
 
 def int8_line(choice: dict) -> str:
-    """One line saying what the INT8 search chose and what it kept."""
+    """One line saying what the INT8 search chose, what it kept, and what the search cost."""
     fp32 = ", ".join(choice["fp32_layers"]) or "none"
     kept = "" if choice["within_tolerance"] else f" (none within {choice['tolerance']:.3f}: best val AP kept)"
+    tried = choice["candidates"]
+    exit_ = " (early exit)" if choice.get("early_exit") else ""
     return (f"{choice['calibration']} calibration, FP32 layers: {fp32}; val AP {choice['val_ap']:.4f} vs FP32 "
-            f"{choice['val_ap_fp32']:.4f}{kept}; {len(choice['candidates'])} candidates")
+            f"{choice['val_ap_fp32']:.4f}{kept}; {len(tried)} candidate(s){exit_} in "
+            f"{sum(c.get('seconds', 0.0) for c in tried):.0f} s")
 
 
 def _build(state: RunState, name: str, runtime: str, precision: str, calibration) -> str:

@@ -30,8 +30,10 @@ def run(
                      "or one step (e.g. prune:ours_c3_r40). Repeatable.")] = None,
     show_plan: Annotated[bool, typer.Option("--plan", help="Only show the steps, their dependencies, which are up to "
                          "date, and the estimated wall time on --workers parallel workers; run nothing.")] = False,
-    workers: Annotated[int, typer.Option(min=1, help="With --plan: parallel workers to estimate for.")] = 1,
-    executor: Annotated[Executor, typer.Option(help="local: one step after another in this process; ray: "
+    workers: Annotated[Optional[int], typer.Option(min=1, help="local executor: independent steps at once in this "
+                       "many worker processes, each with cpu_count/N threads (1: one step after another in this "
+                       "process; default: run.workers in the config); with --plan: the workers to estimate for.")] = None,
+    executor: Annotated[Executor, typer.Option(help="local: steps on this machine (see --workers); ray: "
                         "independent steps as Ray tasks (needs the cluster extra).")] = Executor.local,
     address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join (e.g. auto, "
                        "HEAD:6379); default: a running cluster, else a new one on this machine.")] = None,
@@ -53,13 +55,17 @@ def run(
             raise DatasetError(f"data set folder {cfg.data.root} not found (config key data.root)")
         if executor is Executor.local and address is not None:
             raise ClusterError("--address needs --executor ray")
+        if executor is Executor.ray and workers is not None and workers > 1 and not show_plan:
+            raise ClusterError("--workers is for the local executor; Ray sizes its tasks with --task-cpus")
     except (*USER_ERRORS, ClusterError) as exc:
         fail(exc)
     manifest, forced = Manifest.load(cfg.run_dir), set(force or [])
+    workers = workers or cfg.run.workers
     if show_plan:
         return _show_plan(plan(cfg, RunState(cfg)), manifest, forced, workers)
+    where = f"{executor.value} executor" + (f", {workers} workers" if executor is Executor.local and workers > 1 else "")
     console.print(f"run {cfg.run_dir} from {cfg.source}: data {cfg.data.root}, "
-                  f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios, {executor.value} executor")
+                  f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios, {where}")
     outcomes = []
     with new_progress() as bar:
         state = RunState(cfg, progress=bar)
@@ -92,6 +98,10 @@ def run(
                 from ..cluster import execute_ray
 
                 outcomes = execute_ray(cfg, steps, manifest, forced, event, address, task_cpus)
+            elif workers > 1:
+                from ..driver import execute_local
+
+                outcomes = execute_local(cfg, steps, manifest, forced, event, workers)
             else:
                 outcomes = execute(steps, manifest, forced, library_versions(), machine(), event)
         except (*USER_ERRORS, ValueError, RuntimeError) as exc:
@@ -107,7 +117,7 @@ def run(
                       f"{sum(o.seconds for o in os_):.1f}")
     console.print(table)
     console.print(f"wall time {_hms(time.perf_counter() - start)} for {_hms(sum(o.seconds for o in outcomes))} of steps "
-                  f"({executor.value} executor)", highlight=False)
+                  f"({where})", highlight=False)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         for o in failed:

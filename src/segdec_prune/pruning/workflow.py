@@ -46,6 +46,8 @@ class PruneOutcome:
     val_ap: float  # after fine-tuning (= pruned when no fine-tuning)
     seconds: float
     plan: dict
+    epochs: int = 0  # fine-tuning epochs run, over all rounds (early stopping ends most before the cap)
+    finetune_seconds: float = 0.0  # of `seconds`; the rest is scoring, pruning and the first validation
 
 
 def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed: int) -> list[Batch]:
@@ -66,7 +68,8 @@ def finetune_config(cfg: Config, epochs: int) -> TrainConfig:
     lr = p.finetune_lr if p.finetune_lr != "auto" else p.probe_lrs[0]
     return dataclasses.replace(cfg.train, epochs=max(epochs, 1), lr=lr, momentum=p.finetune_momentum,
                                lr_schedule=p.finetune_schedule, dyn_balanced_loss=p.finetune_dyn_balanced,
-                               seg_weight=p.finetune_seg_weight, validate_every=1)
+                               seg_weight=p.finetune_seg_weight, validate_every=1,
+                               precision=p.finetune_precision)
 
 
 def distillation(cfg: Config, teacher: TeacherOutputs | None, train_set: KSDD2Dataset) -> Distillation | None:
@@ -115,8 +118,10 @@ class Recovered:
 
 def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Config, data: RecoveryData,
                       finetune_epochs: int, progress: Progress | None = None, description: str = "fine-tune",
-                      table: LatencyTable | None = None, on_plan: Callable[[dict], None] | None = None) -> Recovered:
-    """Plan the widths for `target` (`on_plan` sees the plan before any fine-tuning), then prune
+                      table: LatencyTable | None = None, on_plan: Callable[[dict], None] | None = None,
+                      on_pruned: Callable[[SegDecNet], None] | None = None) -> Recovered:
+    """Plan the widths for `target` (`on_plan` sees the plan before any fine-tuning, `on_pruned`
+    the model right after the first round's pruning, e.g. to test it: no second pruning), then prune
     `source` to them in `prune.steps` rounds (scores recomputed on the current model each round),
     fine-tuning after each round; the rounds share `finetune_epochs` epochs of batches equally,
     so one-shot and iterative get the same total fine-tuning."""
@@ -135,6 +140,8 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
     for i, widths in enumerate(plan):
         model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options,
                                          p.seed + i, planned.scores if i == 0 else None)
+        if i == 0 and on_pruned:
+            on_pruned(model)
         just_pruned = validate(model, val_set, device)
         threshold = just_pruned.threshold
         record = {"widths": widths.to_dict(), "removed_channels": removed, "val_ap_pruned": just_pruned.ap}
@@ -192,8 +199,9 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
     if distributed.ranks().main:  # under torchrun every rank holds the same model; one writes it
         save_checkpoint(path, pruned, baseline.input_spec, meta)
     distributed.barrier()
+    trained = [r["training"] for r in out.rounds if "training" in r]
     return PruneOutcome(name, path, pruned.widths.to_dict(), out.val_ap_pruned, out.val_ap, time.perf_counter() - start,
-                        out.plan)
+                        out.plan, sum(len(t["history"]) for t in trained), sum(t["seconds"] for t in trained))
 
 
 def sparsity_trained(baseline: Checkpoint, cfg: Config, train_set: KSDD2Dataset, val_set: KSDD2Dataset,

@@ -79,7 +79,11 @@ class OnnxRuntime:
 
 
 class _Reader(CalibrationDataReader):
+    """Calibration batches of equal size (the largest divisor of the image count up to `batch`):
+    ONNX Runtime's histogram calibrators stack every batch's outputs and fail on a ragged last one."""
+
     def __init__(self, images: np.ndarray, batch: int = 8) -> None:
+        batch = max(d for d in range(1, min(batch, len(images)) + 1) if len(images) % d == 0)
         self.batches = iter([images[i : i + batch] for i in range(0, len(images), batch)])
 
     def get_next(self):
