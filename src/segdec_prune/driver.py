@@ -94,7 +94,12 @@ def drive(steps: Sequence[Step], manifest: Manifest, force: set[str], on_event: 
             if exclusive_alone and by_name[name].exclusive and running:
                 ready.append(name)  # waits for an idle pool
                 continue
-            running[pool.submit(by_name[name], len(running) + len(ready) + 1)] = (name, inputs, time.perf_counter())
+            # compute-heavy steps (training) share the cores with the heavy ones beside them only: the
+            # baseline's training gets every core though the short calibration runs beside it
+            heavy = by_name[name].gpu
+            beside = [n for n, _, _ in running.values()] + list(ready)
+            alongside = 1 + sum(1 for n in beside if by_name[n].gpu or not heavy)
+            running[pool.submit(by_name[name], alongside)] = (name, inputs, time.perf_counter())
         if not running:
             if ready:
                 continue
