@@ -5,6 +5,8 @@ weights): seconds per fine-tuning epoch (the balanced epoch of the training spli
 draws it) split into the training batches and one validation pass, at 1 and 2 intra-op threads,
 with and without channels-last memory; then the same epoch run by two 1-thread processes at once
 (what `run --workers 2` does) against one 2-thread process. Ratios are measured in this run.
+The bf16 row (CPU autocast) is throughput only: fine-tuning under it diverged on the demo (NaN
+decision loss at lr 0.03, also with FeatureNorm in fp32), so nothing ships it.
 
     python benchmarks/finetune_speed.py --config configs/demo.toml
 """

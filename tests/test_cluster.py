@@ -121,6 +121,18 @@ def test_local_workers_run_the_plan_like_one_process(tiny_synth, tmp_path):
     assert r.exit_code == 2 and "--task-cpus" in r.output
 
 
+def test_a_worker_reads_the_data_once_and_scores_as_a_fresh_read(tiny_config, trained):
+    from segdec_prune.cluster import _data_state, portable_config
+    from segdec_prune.training import validate
+
+    key = json.dumps(portable_config(tiny_config), sort_keys=True)
+    first, second = (RunState(tiny_config, data_from=_data_state(key)) for _ in range(2))
+    assert first.sets is second.sets  # two steps in one worker: one read
+    fresh = RunState(tiny_config).sets
+    cpu = torch.device("cpu")
+    assert validate(trained, first.sets[1], cpu) == validate(trained, fresh[1], cpu)
+
+
 def test_an_exclusive_step_runs_alone(tmp_path):
     """Nothing else runs beside a step that times latency, and it waits for the running ones."""
     from segdec_prune.driver import drive

@@ -36,17 +36,3 @@ def test_two_epoch_training_lowers_loss_saves_best_and_is_deterministic(tiny_con
     _, again = _run(tiny_config, tmp_path / "b.pth")
     assert [h.loss for h in again.history] == [h.loss for h in result.history]
 
-
-def test_bf16_autocast_where_native_and_fp32_with_a_warning_elsewhere(tiny_config, tmp_path, monkeypatch, caplog):
-    import math
-
-    from segdec_prune import training
-
-    tiny_config.train.epochs, tiny_config.train.precision = 1, "bf16"
-    monkeypatch.setattr(training, "native_bf16", lambda device: False)
-    _, result = _run(tiny_config, None)
-    assert result.precision == "fp32" and "no native bfloat16" in caplog.text
-    monkeypatch.setattr(training, "native_bf16", lambda device: True)  # emulated here if not native: slow, but runs
-    _, result = _run(tiny_config, None)
-    assert result.precision == "bf16" and math.isfinite(result.history[-1].loss)
-    assert result.to_dict()["precision"] == "bf16"  # recorded in the checkpoint's training metadata

@@ -59,9 +59,6 @@ class DataConfig:
         return None if self.num_segmented == "all" else int(self.num_segmented)
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 @dataclass
 class TrainConfig:
     epochs: int = 50
@@ -78,7 +75,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # 0 = torch default
-    precision: str = "fp32"  # fp32 | bf16: bfloat16 autocast of the forward pass where the device has native bf16
     momentum: float = 0.0  # SGD momentum (the paper: none)
     lr_schedule: str = "constant"  # constant | cosine (per step, down to 0 at the last step)
     seg_weight: float = 1.0  # segmentation-loss weight when dyn_balanced_loss is off
@@ -91,7 +87,6 @@ class TrainConfig:
         _require("train.seg_loss_max", self.seg_loss_max > 0, f"must be > 0, got {self.seg_loss_max}")
         _require("train.validate_every", self.validate_every >= 1, f"must be >= 1, got {self.validate_every}")
         _require("train.num_threads", self.num_threads >= 0, f"must be >= 0, got {self.num_threads}")
-        _require("train.precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require("train.momentum", 0 <= self.momentum < 1, f"must be in [0, 1), got {self.momentum}")
         _require("train.lr_schedule", self.lr_schedule in LR_SCHEDULES,
                  f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
@@ -123,7 +118,6 @@ class PruneConfig:
     finetune_seg_weight: float = 3.0  # fixed loss weights: segmentation this, decision train.delta
     reset_decision: str = "none"  # after pruning: none | fc (zero the final layer) | head (and the extractor)
     finetune_dyn_balanced: bool = False  # instead: the paper's dynamic balancing again (seg first, decision later)
-    finetune_precision: str = "fp32"  # fp32 | bf16 (train.precision for fine-tuning; the demo: bf16)
     steps: int = 1  # iterative pruning: reach the ratio in this many prune -> fine-tune rounds
     distill: bool = False  # learn the unpruned baseline's outputs too (soft targets)
     distill_temperature: float = 1.0
@@ -173,8 +167,6 @@ class PruneConfig:
         _require("prune.finetune_schedule", self.finetune_schedule in LR_SCHEDULES,
                  f"must be one of {', '.join(LR_SCHEDULES)}, got {self.finetune_schedule!r}")
         _require("prune.finetune_seg_weight", self.finetune_seg_weight >= 0, f"must be >= 0, got {self.finetune_seg_weight}")
-        _require("prune.finetune_precision", self.finetune_precision in PRECISIONS,
-                 f"must be one of {', '.join(PRECISIONS)}, got {self.finetune_precision!r}")
         _require("prune.reset_decision", self.reset_decision in DECISION_RESETS,
                  f"must be one of {', '.join(DECISION_RESETS)}, got {self.reset_decision!r}")
         _require("prune.steps", self.steps >= 1, f"must be >= 1, got {self.steps}")

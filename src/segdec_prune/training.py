@@ -11,9 +11,8 @@ Fine-tuning reuses it with fixed weights, momentum, a cosine schedule and extra 
 from __future__ import annotations
 
 import copy
-import logging
-import random
 from contextlib import nullcontext
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,8 +32,6 @@ from .data.dataset import EpochSampler, KSDD2Dataset
 from .evaluation import classification_metrics, predict
 from .model import SegDecNet
 from .runtimes import TorchRuntime
-
-log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 # An extra loss term: (model, batch, (decision logits, segmentation logits)) -> scalar.
@@ -61,7 +58,6 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
-    precision: str = "fp32"  # what the forward pass ran in (bf16 asked for on a device without it: fp32)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "history": [asdict(h) for h in self.history]}
@@ -88,28 +84,6 @@ def resolve_device(name: str) -> torch.device:
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
     ranks = distributed.ranks()
     return torch.device("cuda", ranks.local_rank) if name == "cuda" and ranks.world > 1 else torch.device(name)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively (CUDA with bf16; x86 with AVX512-BF16 or AMX):
-    elsewhere bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: no cheap way to know
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def forward_precision(cfg: TrainConfig, device: torch.device) -> str:
-    """The precision the forward pass runs in: `cfg.precision`, or fp32 (with a warning) where
-    bf16 is not native. Under bf16, weights, optimizer and losses stay fp32 (autocast); on this
-    project's 2-core AVX512-BF16 CPU a fine-tuning epoch ran 1.3-1.5x faster (benchmarks/finetune_speed.py)."""
-    if cfg.precision == "bf16" and not native_bf16(device):
-        log.warning("precision bf16 asked for, but %s has no native bfloat16: training in fp32", device)
-        return "fp32"
-    return cfg.precision
 
 
 def seed_everything(seed: int) -> None:
@@ -197,8 +171,7 @@ def train(
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
                 if cfg.lr_schedule == "cosine" else None)
-    precision = forward_precision(cfg, device)
-    result = TrainResult(best_epoch=-1, best_val_ap=-1.0, precision=precision)
+    result = TrainResult(best_epoch=-1, best_val_ap=-1.0)
     best_key, best_state, stale = (-1.0, float("inf")), None, 0
     start, step = time.perf_counter(), 0
     with nullcontext(progress) if progress is not None else new_progress(disable=not show_progress) as bar:
@@ -211,9 +184,7 @@ def train(
                 if step == total:
                     break
                 batch = {k: v.to(device) for k, v in default_collate([train_set[i] for i in indices]).items()}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    outputs = net(batch["image"])
-                outputs = tuple(o.float() for o in outputs)  # losses in fp32
+                outputs = net(batch["image"])
                 loss_seg, loss_dec = output_losses(outputs, batch, cfg.weighted_seg_loss)
                 loss = w_seg * loss_seg + w_dec * loss_dec
                 extra = extra_loss(model, batch, outputs) if extra_loss is not None else torch.zeros(())

@@ -68,8 +68,7 @@ def finetune_config(cfg: Config, epochs: int) -> TrainConfig:
     lr = p.finetune_lr if p.finetune_lr != "auto" else p.probe_lrs[0]
     return dataclasses.replace(cfg.train, epochs=max(epochs, 1), lr=lr, momentum=p.finetune_momentum,
                                lr_schedule=p.finetune_schedule, dyn_balanced_loss=p.finetune_dyn_balanced,
-                               seg_weight=p.finetune_seg_weight, validate_every=1,
-                               precision=p.finetune_precision)
+                               seg_weight=p.finetune_seg_weight, validate_every=1)
 
 
 def distillation(cfg: Config, teacher: TeacherOutputs | None, train_set: KSDD2Dataset) -> Distillation | None:
