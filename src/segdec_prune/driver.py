@@ -127,11 +127,13 @@ class LocalPool:
     def __init__(self, config: dict, token: str, workers: int) -> None:
         self.config, self.token, self.workers = config, token, workers
         self.cores = os.cpu_count() or 1
-        self.executor = futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.executor: futures.ProcessPoolExecutor | None = None  # started by the first step that runs
 
     def submit(self, step: Step, alongside: int) -> futures.Future:
         from .cluster import run_named_step
 
+        if self.executor is None:
+            self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         cpus = self.cores if step.exclusive else max(1, self.cores // min(self.workers, max(1, alongside)))
         return self.executor.submit(run_named_step, self.config, step.name, self.token, cpus)
 
@@ -154,4 +156,5 @@ def execute_local(cfg: Config, steps: Sequence[Step], manifest: Manifest, force:
     try:
         return drive(steps, manifest, force, on_event, pool, exclusive_alone=True)
     finally:
-        pool.executor.shutdown(wait=True, cancel_futures=True)
+        if pool.executor is not None:
+            pool.executor.shutdown(wait=True, cancel_futures=True)
