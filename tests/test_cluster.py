@@ -134,7 +134,8 @@ def test_a_worker_reads_the_data_once_and_scores_as_a_fresh_read(tiny_config, tr
 
 
 def test_an_exclusive_step_runs_alone(tmp_path):
-    """Nothing else runs beside a step that times latency, and it waits for the running ones."""
+    """Nothing else runs beside a step that times latency, and it waits for the running ones; a step
+    that cannot run on this machine is recorded without a worker."""
     from segdec_prune.driver import drive
     from segdec_prune.pipeline import Step
 
@@ -142,7 +143,8 @@ def test_an_exclusive_step_runs_alone(tmp_path):
         return Step(name, lambda: None, [tmp_path / i for i in inputs], {}, lambda: [tmp_path / name],
                     exclusive=exclusive)
 
-    steps = [step("a"), step("b"), step("latency", exclusive=True), step("c"), step("after", ["latency"])]
+    steps = [step("a"), step("b"), step("latency", exclusive=True), step("c"), step("after", ["latency"]),
+             Step("trt", lambda: None, [], {}, lambda: [], unavailable=lambda: "no GPU here")]
 
     class Pool:
         def __init__(self):
@@ -165,8 +167,10 @@ def test_an_exclusive_step_runs_alone(tmp_path):
             pass
 
     pool = Pool()
-    outcomes = drive(steps, Manifest(tmp_path / "manifest.json"), set(), lambda o: None, pool, exclusive_alone=True)
-    assert [o.status for o in outcomes] == ["done"] * 5
+    outcomes = drive(steps, Manifest(tmp_path / "manifest.json"), set(), lambda o: None, pool, exclusive_alone=True,
+                     check_here=True)
+    assert [o.status for o in outcomes] == ["done"] * 5 + ["unavailable"]
+    assert outcomes[-1].detail == "no GPU here" and "trt" not in dict(pool.seen)  # recorded without a worker
     seen = dict(pool.seen)
     assert seen["latency"] == []  # started on an idle pool
     started = [n for n, _ in pool.seen]

@@ -52,9 +52,11 @@ def new_token(cfg: Config) -> str:
 
 
 def drive(steps: Sequence[Step], manifest: Manifest, force: set[str], on_event: Callable[[Outcome], None],
-          pool: Pool, exclusive_alone: bool = False) -> list[Outcome]:
+          pool: Pool, exclusive_alone: bool = False, check_here: bool = False) -> list[Outcome]:
     """Run the plan on `pool`; outcomes in plan order. A failed step blocks only the steps that need
-    its outputs. `exclusive_alone`: an exclusive step starts only on an idle pool and holds it."""
+    its outputs. `exclusive_alone`: an exclusive step starts only on an idle pool and holds it.
+    `check_here` (the pool is this machine): a step that says it cannot run here (`Step.unavailable`,
+    e.g. TensorRT without a GPU) is recorded so at once, without a round trip to a worker."""
     from .cluster import SharedStorageError
 
     by_name = {s.name: s for s in steps}
@@ -90,6 +92,10 @@ def drive(steps: Sequence[Step], manifest: Manifest, force: set[str], on_event: 
             stale, inputs = needs_run(by_name[name], manifest, force)
             if not stale:
                 finish(Outcome(name, "skipped", 0.0, "up to date"))
+                continue
+            reason = by_name[name].unavailable() if check_here and by_name[name].unavailable else ""
+            if reason:
+                finish(record(manifest, by_name[name], inputs, "unavailable", reason, 0.0, {}, ""))
                 continue
             if exclusive_alone and by_name[name].exclusive and running:
                 ready.append(name)  # waits for an idle pool
@@ -154,7 +160,7 @@ def execute_local(cfg: Config, steps: Sequence[Step], manifest: Manifest, force:
 
     pool = LocalPool(portable_config(cfg), new_token(cfg), workers)
     try:
-        return drive(steps, manifest, force, on_event, pool, exclusive_alone=True)
+        return drive(steps, manifest, force, on_event, pool, exclusive_alone=True, check_here=True)
     finally:
         if pool.executor is not None:
             pool.executor.shutdown(wait=True, cancel_futures=True)

@@ -67,6 +67,7 @@ class Step:
     produces: list[Path] | None = None  # files it writes when it can run (default: outputs())
     gpu: bool = False  # runs faster on a GPU (training, TensorRT): a cluster gives it one
     exclusive: bool = False  # times latency: a cluster runs it alone on its node
+    unavailable: Callable[[], str] | None = None  # why it cannot run on this machine ("" when it can)
 
     def products(self) -> list[Path]:
         """What later steps may read from it: the plan view's dependencies."""

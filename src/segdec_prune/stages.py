@@ -183,7 +183,7 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
             steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, [deploy.onnx_path(run, n), calib, *([data] if on_val else [])],
                               {**search, **(config_sections(cfg, "data") if on_val else {})},
                               lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}", [out],
-                              gpu=rt == "tensorrt"))
+                              gpu=rt == "tensorrt", unavailable=(lambda: unavailable_reason() or "") if rt == "tensorrt" else None))
     artifacts = [p for n in models for p in (run / "models" / f"{n}.pth", deploy.onnx_path(run, n),
                                              deploy.onnx_path(run, n, "int8"), deploy.engine_path(run, n, "fp16"),
                                              deploy.engine_path(run, n, "int8"))]  # engines: "missing" without TensorRT
