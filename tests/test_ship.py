@@ -36,7 +36,7 @@ def shipped(tiny_synth, tmp_path_factory):
         '[train]\nepochs = 2\nbatch_size = 2\nvalidate_every = 1\ndevice = "cpu"\n'
         '[prune]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
         '[deploy]\ncalibration_images = 8\nint8_calibrations = ["minmax", "percentile"]\n'
-        'int8_fp32_candidates = ["first_conv"]\n'
+        'int8_fp32_candidates = ["first_conv"]\nint8_early_exit = false\n'  # the full search: every candidate
         f'[run]\nname = "s"\ndir = "{tmp / "runs"}"\n'
     )
     for args in (["train", "--quiet"], ["prune", "--method", "naive_l1", "--ratio", "0.5"], ["export"], ["calibrate"],
