@@ -30,6 +30,7 @@ def _config(tiny_synth, tmp_path, budgets: str = "", methods: str = '["naive_l1"
         f'{budgets}'
         '[deploy]\ncalibration_images = 8\nruns = 3\nwarmup = 1\nthroughput_batch = 2\n'
         'int8_calibrations = ["minmax", "entropy"]\nint8_fp32_candidates = ["seg_head", "decision_head"]\n'
+        'int8_early_exit = true\n'  # the demo's search
         f'[run]\nname = "p"\ndir = "{tmp_path / "runs"}"\n'
     )
     return cfg

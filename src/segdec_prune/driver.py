@@ -8,7 +8,7 @@ config and a step name and rebuilds the plan itself (`cluster.run_named_step`), 
 code, config and storage, never Python objects.
 
 Local workers are processes (spawned: a forked torch thread pool can hang) that share the cores
-(see `LocalPool`): on 2 cores two 1-thread fine-tunings do 1.2x the work of one 2-thread one
+(see `LocalPool`): on 2 cores two 1-thread fine-tunings at once ran 1.23-1.27x faster than one 2-thread process
 (benchmarks/finetune_speed.py). A step that times latency (`exclusive`) waits until the pool
 is idle, gets every core, and nothing else starts while it runs, as in a one-process run.
 """
@@ -31,8 +31,9 @@ from .schedule import dependencies, dependents
 
 
 class Pool(Protocol):
-    """Where steps run: submit one (`alongside`: the steps running or ready with it, itself
-    included), wait for any, cancel the rest."""
+    """Where steps run: submit one (`alongside`: the steps it shares the machine with, itself
+    included: the compute-heavy ones running or ready, for a heavy step; all of them otherwise),
+    wait for any, cancel the rest."""
 
     def submit(self, step: Step, alongside: int) -> Any: ...
 
@@ -126,9 +127,9 @@ def drive(steps: Sequence[Step], manifest: Manifest, force: set[str], on_event: 
 
 
 class LocalPool:
-    """`workers` spawned processes on this machine. A step gets cpu_count // (the steps that
-    run beside it, at most `workers`) threads: the baseline's training, which nothing runs
-    beside, gets every core; an exclusive step gets every core."""
+    """`workers` spawned processes on this machine. A step gets cpu_count // min(`alongside`,
+    `workers`) threads: the baseline's training, which no heavy step runs beside, gets every
+    core; an exclusive step gets every core."""
 
     def __init__(self, config: dict, token: str, workers: int) -> None:
         self.config, self.token, self.workers = config, token, workers

@@ -5,10 +5,11 @@ Search (each candidate quantized from the same pre-processed graph, calibrated o
   1. every calibration method in `calibrations`, all convolutions INT8;
   2. with the best method of step 1: each layer group of `fp32_candidates` kept in FP32 alone,
      then all of them together.
-With `early_exit` (the default) the search stops at the first candidate whose validation AP is
-within `tolerance` of the FP32 model's (or above it): on the demo the first (minmax, all INT8)
-usually is, and each candidate costs a calibration, a quantization and a validation pass.
-Without it every candidate runs and, among those within tolerance, the one whose decision
+With `early_exit` (the demo's setting) the search stops at the first candidate whose validation
+AP is within `tolerance` of the FP32 model's (or above it): on the demo the first (minmax, all
+INT8) usually is, and each candidate costs a calibration, a quantization and a validation pass.
+Where validation AP saturates (KSDD1: 1.0) it cannot tell candidates apart, so by default every
+candidate runs and, among those within tolerance, the one whose decision
 logits stay closest to FP32's (mean |difference|) wins: validation AP on a few dozen defects
 moves by a whole ranking swap, the logits show every image. When no candidate is within
 tolerance, the highest validation AP wins. Every candidate tried is recorded.
@@ -40,7 +41,7 @@ class Int8Search:
     fp32_candidates: tuple[str, ...] = ("first_conv", "seg_head", "decision_head")
     op_types: tuple[str, ...] = ("Conv",)
     tolerance: float = 0.005  # validation AP below FP32's that still counts as kept
-    early_exit: bool = True  # stop at the first candidate within tolerance
+    early_exit: bool = False  # stop at the first candidate within tolerance
 
     def __post_init__(self) -> None:
         bad = [c for c in self.calibrations if c not in INT8_CALIBRATIONS]

@@ -128,6 +128,8 @@ def record(manifest: Manifest, step: Step, inputs: dict[str, str], status: str, 
 def run_step(step: Step) -> tuple[str, str, float]:
     """(status, detail, seconds) of running one step here; StageUnavailable is a status, not an error."""
     t0 = time.perf_counter()
+    if step.unavailable and (reason := step.unavailable()):
+        return "unavailable", reason, 0.0
     try:
         detail, status = step.run() or "", "done"
     except StageUnavailable as exc:

@@ -174,8 +174,6 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     for rt, dt in builds:
         for n in models:
             def run_build(rt=rt, dt=dt, n=n) -> str:
-                if rt == "tensorrt" and (reason := unavailable_reason()):
-                    raise StageUnavailable(reason)
                 return _build(state, n, rt, dt, load_calibration(calib))
 
             out = deploy.onnx_path(run, n, dt) if rt == "onnxruntime" else deploy.engine_path(run, n, dt)
@@ -183,7 +181,8 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
             steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, [deploy.onnx_path(run, n), calib, *([data] if on_val else [])],
                               {**search, **(config_sections(cfg, "data") if on_val else {})},
                               lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}", [out],
-                              gpu=rt == "tensorrt", unavailable=(lambda: unavailable_reason() or "") if rt == "tensorrt" else None))
+                              gpu=rt == "tensorrt",
+                              unavailable=(lambda: unavailable_reason() or "") if rt == "tensorrt" else None))
     artifacts = [p for n in models for p in (run / "models" / f"{n}.pth", deploy.onnx_path(run, n),
                                              deploy.onnx_path(run, n, "int8"), deploy.engine_path(run, n, "fp16"),
                                              deploy.engine_path(run, n, "int8"))]  # engines: "missing" without TensorRT
