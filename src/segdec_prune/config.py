@@ -117,6 +117,7 @@ class PruneConfig:
     finetune_schedule: str = "constant"  # constant | cosine
     finetune_seg_weight: float = 3.0  # fixed loss weights: segmentation this, decision train.delta
     reset_decision: str = "none"  # after pruning: none | fc (zero the final layer) | head (and the extractor)
+    refit_seg_head: bool = True  # after pruning: least-squares refit of the 1x1 seg head to the teacher's map (pruning/refit.py)
     finetune_dyn_balanced: bool = False  # instead: the paper's dynamic balancing again (seg first, decision later)
     steps: int = 1  # iterative pruning: reach the ratio in this many prune -> fine-tune rounds
     distill: bool = False  # learn the unpruned baseline's outputs too (soft targets)

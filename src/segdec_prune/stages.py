@@ -309,7 +309,8 @@ def prune_line(out: PruneOutcome) -> str:
     ms = out.plan["measured_plan_ms"] or out.plan["predicted_latency_ms"]
     plan = f"{out.plan['mac_fraction']:.1%} of the MACs" + (f", {ms:.2f} ms planned" if ms else "")
     tuned = f"; {out.epochs} epochs in {out.finetune_seconds:.0f} s" if out.epochs else ""
-    return f"{plan}; val AP {out.val_ap_pruned:.4f} -> {out.val_ap:.4f}{tuned}"
+    refit = f" ({out.val_ap_unfitted:.4f} before the seg-head refit)" if out.val_ap_unfitted is not None else ""
+    return f"{plan}; val AP {out.val_ap_pruned:.4f}{refit} -> {out.val_ap:.4f}{tuned}"
 
 
 def _evaluate(state: RunState, evaluate_run) -> str:

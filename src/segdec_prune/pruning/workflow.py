@@ -30,6 +30,7 @@ from .distill import Distillation, TeacherOutputs
 from .methods import Method
 from .plan import Target, criterion_options, plan_target, target_name
 from .prune import prune_to_widths, round_widths
+from .refit import refit_seg_head
 
 if TYPE_CHECKING:
     from ..latency_table import LatencyTable
@@ -48,6 +49,7 @@ class PruneOutcome:
     plan: dict
     epochs: int = 0  # fine-tuning epochs run, over all rounds (early stopping ends most before the cap)
     finetune_seconds: float = 0.0  # of `seconds`; the rest is scoring, pruning and the first validation
+    val_ap_unfitted: float | None = None  # with prune.refit_seg_head: before the refit (val_ap_pruned is after)
 
 
 def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed: int) -> list[Batch]:
@@ -137,13 +139,18 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
     options = criterion_options(cfg)
     model, rounds, chosen = source, [], None
     for i, widths in enumerate(plan):
+        before = model
         model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options,
                                          p.seed + i, planned.scores if i == 0 else None)
         if i == 0 and on_pruned:
             on_pruned(model)
+        record: dict = {"widths": widths.to_dict(), "removed_channels": removed}
+        if p.refit_seg_head:  # the map read off the pruned volume again, before anything is measured
+            record["val_ap_unfitted"] = validate(model, val_set, device).ap
+            record["seg_refit_r2"] = refit_seg_head(model, before, data.batches)
         just_pruned = validate(model, val_set, device)
         threshold = just_pruned.threshold
-        record = {"widths": widths.to_dict(), "removed_channels": removed, "val_ap_pruned": just_pruned.ap}
+        record["val_ap_pruned"] = just_pruned.ap
         iterations = total * (i + 1) // len(plan) - total * i // len(plan)
         if iterations:
             if i == 0:  # after measuring what pruning did; never without fine-tuning after it
@@ -200,7 +207,8 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
     distributed.barrier()
     trained = [r["training"] for r in out.rounds if "training" in r]
     return PruneOutcome(name, path, pruned.widths.to_dict(), out.val_ap_pruned, out.val_ap, time.perf_counter() - start,
-                        out.plan, sum(len(t["history"]) for t in trained), sum(t["seconds"] for t in trained))
+                        out.plan, sum(len(t["history"]) for t in trained), sum(t["seconds"] for t in trained),
+                        out.rounds[0].get("val_ap_unfitted"))
 
 
 def sparsity_trained(baseline: Checkpoint, cfg: Config, train_set: KSDD2Dataset, val_set: KSDD2Dataset,
