@@ -59,3 +59,18 @@ def test_the_recipe_option_refits_and_records_it(trained, tiny_config, batches):
     assert "seg_refit_r2" not in plain.rounds[0]
     assert not torch.equal(fitted.model.seg_mask[0].weight, plain.model.seg_mask[0].weight)
     assert torch.equal(fitted.model.volume[0][0].weight, plain.model.volume[0][0].weight)
+
+
+def test_the_step_line_and_the_checkpoint_say_what_the_refit_did(trained, tiny_config, batches):
+    from segdec_prune.checkpoint import Checkpoint, InputSpec, load_checkpoint
+    from segdec_prune.data.dataset import preprocessing_for, train_val_datasets
+    from segdec_prune.pruning.workflow import prune_one
+    from segdec_prune.stages import prune_line
+
+    sets = train_val_datasets(tiny_config.data, preprocessing_for(tiny_config.data, tiny_config.train))
+    base = Checkpoint(trained, InputSpec(height=SIZE[0], width=SIZE[1]), {})
+    out = prune_one(base, get_method("naive_l1"), 0.6, tiny_config, RecoveryData(*sets, batches), 0)
+    assert out.val_ap_unfitted is not None and "before the seg-head refit" in prune_line(out)
+    meta = load_checkpoint(out.path).metadata
+    assert meta["rounds"][0]["val_ap_pruned"] == out.val_ap_pruned
+    assert 0 < meta["rounds"][0]["seg_refit_r2"] <= 1
