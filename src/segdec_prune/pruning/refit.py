@@ -25,24 +25,27 @@ RIDGE = 1e-3  # relative to the mean squared feature: keeps the solve well-posed
 @torch.no_grad()
 def refit_seg_head(model: SegDecNet, teacher: SegDecNet, batches: Sequence[Batch], ridge: float = RIDGE) -> float:
     """Set `model`'s 1x1 seg conv to the ridge least-squares fit of `teacher`'s pre-norm seg
-    output from `model`'s own volume, over every pixel of `batches`. Both models are left in
-    eval mode on the CPU. Returns the fit's R^2 (1 = the teacher's map reproduced exactly)."""
-    model, teacher = model.cpu().eval(), teacher.cpu().eval()
+    output from `model`'s own volume, over every pixel of `batches`; nothing else changes (device
+    and train/eval mode included). Returns the fit's R^2 (1 = the teacher's map reproduced exactly)."""
     feats, target = [], []
-    h1 = model.seg_mask[0].register_forward_hook(lambda m, inp, out: feats.append(inp[0]))
-    h2 = teacher.seg_mask[0].register_forward_hook(lambda m, inp, out: target.append(out))
+    h1 = model.seg_mask[0].register_forward_hook(lambda m, inp, out: feats.append(inp[0].cpu()))
+    h2 = teacher.seg_mask[0].register_forward_hook(lambda m, inp, out: target.append(out.cpu()))
+    modes = model.training, teacher.training
     try:
-        for b in batches:
-            model(b["image"])
-            teacher(b["image"])
+        model.eval(), teacher.eval()
+        for b in batches:  # each model where it is (the baseline may sit on a GPU)
+            model(b["image"].to(next(model.parameters()).device))
+            teacher(b["image"].to(next(teacher.parameters()).device))
     finally:
         h1.remove()
         h2.remove()
+        model.train(modes[0]), teacher.train(modes[1])
     x = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats]).double()
     y = torch.cat([t.reshape(-1) for t in target]).double()
     gram = x.T @ x
     gram += ridge * x.pow(2).mean() * x.shape[0] * torch.eye(x.shape[1], dtype=x.dtype)
     w = torch.linalg.solve(gram, x.T @ y)
     residual = y - x @ w
-    model.seg_mask[0].weight.copy_(w.to(model.seg_mask[0].weight.dtype).view(1, -1, 1, 1))
+    weight = model.seg_mask[0].weight
+    weight.copy_(w.to(weight.dtype).view(1, -1, 1, 1).to(weight.device))
     return float(1 - residual.pow(2).sum() / (y - y.mean()).pow(2).sum().clamp_min(1e-12))
