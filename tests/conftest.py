@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from segdec_prune.config import from_dict
-from segdec_prune.data.dataset import KSDD2Dataset, load_split
+from segdec_prune.data.dataset import KSDD2Dataset, load_split, preprocessing_for, train_val_datasets
 from segdec_prune.data.ksdd2 import Preprocessing
 from segdec_prune.model import SegDecNet, Widths
 from segdec_prune.pruning.workflow import calibration_batches
@@ -61,6 +61,12 @@ def tiny_config(tiny_synth, tmp_path):
         "train": {"epochs": 2, "batch_size": 2, "validate_every": 1, "device": "cpu"},
         "run": {"name": "tiny", "dir": str(tmp_path / "runs")},
     })
+
+
+@pytest.fixture
+def sets(tiny_config):
+    """The tiny config's (training, validation) splits."""
+    return train_val_datasets(tiny_config.data, preprocessing_for(tiny_config.data, tiny_config.train))
 
 
 def write_pair(folder: Path, sid: str, size=(631, 229), defect: bool = False, mask_size=None) -> None:

@@ -12,7 +12,6 @@ import torch
 from segdec_prune import training
 from segdec_prune.checkpoint import Checkpoint, InputSpec, load_checkpoint
 from segdec_prune.config import ConfigError, from_dict
-from segdec_prune.data.dataset import preprocessing_for, train_val_datasets
 from segdec_prune.pruning import recipe
 from segdec_prune.pruning.methods import get_method
 from segdec_prune.pruning.workflow import RecoveryData, finetune_config, prune_one
@@ -24,11 +23,6 @@ from .conftest import SIZE
 def _cfg(tiny_config, **prune):
     cfg = dataclasses.replace(tiny_config, prune=dataclasses.replace(tiny_config.prune, distill=False, **prune))
     return cfg.validate()
-
-
-@pytest.fixture
-def sets(tiny_config):
-    return train_val_datasets(tiny_config.data, preprocessing_for(tiny_config.data, tiny_config.train))
 
 
 def test_probe_picks_the_lr_with_the_best_validation_ap(trained, tiny_config, sets):

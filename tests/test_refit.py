@@ -46,10 +46,7 @@ def test_refit_brings_a_pruned_map_closer_to_the_teachers_and_touches_nothing_el
     assert changed == ["seg_mask.0.weight"]
 
 
-def test_the_recipe_option_refits_and_records_it(trained, tiny_config, batches):
-    from segdec_prune.data.dataset import preprocessing_for, train_val_datasets
-
-    sets = train_val_datasets(tiny_config.data, preprocessing_for(tiny_config.data, tiny_config.train))
+def test_the_recipe_option_refits_and_records_it(trained, tiny_config, sets, batches):
     data = RecoveryData(*sets, batches)
     off = dataclasses.replace(tiny_config, prune=dataclasses.replace(tiny_config.prune, refit_seg_head=False))
     assert tiny_config.prune.refit_seg_head  # the default
@@ -61,13 +58,11 @@ def test_the_recipe_option_refits_and_records_it(trained, tiny_config, batches):
     assert torch.equal(fitted.model.volume[0][0].weight, plain.model.volume[0][0].weight)
 
 
-def test_the_step_line_and_the_checkpoint_say_what_the_refit_did(trained, tiny_config, batches):
+def test_the_step_line_and_the_checkpoint_say_what_the_refit_did(trained, tiny_config, sets, batches):
     from segdec_prune.checkpoint import Checkpoint, InputSpec, load_checkpoint
-    from segdec_prune.data.dataset import preprocessing_for, train_val_datasets
     from segdec_prune.pruning.workflow import prune_one
     from segdec_prune.stages import prune_line
 
-    sets = train_val_datasets(tiny_config.data, preprocessing_for(tiny_config.data, tiny_config.train))
     base = Checkpoint(trained, InputSpec(height=SIZE[0], width=SIZE[1]), {})
     out = prune_one(base, get_method("naive_l1"), 0.6, tiny_config, RecoveryData(*sets, batches), 0)
     assert out.val_ap_unfitted is not None and "before the seg-head refit" in prune_line(out)

@@ -32,14 +32,16 @@ def refit_seg_head(model: SegDecNet, teacher: SegDecNet, batches: Sequence[Batch
     h2 = teacher.seg_mask[0].register_forward_hook(lambda m, inp, out: target.append(out.cpu()))
     modes = model.training, teacher.training
     try:
-        model.eval(), teacher.eval()
+        model.eval()
+        teacher.eval()
         for b in batches:  # each model where it is (the baseline may sit on a GPU)
             model(b["image"].to(next(model.parameters()).device))
             teacher(b["image"].to(next(teacher.parameters()).device))
     finally:
         h1.remove()
         h2.remove()
-        model.train(modes[0]), teacher.train(modes[1])
+        model.train(modes[0])
+        teacher.train(modes[1])
     x = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats]).double()
     y = torch.cat([t.reshape(-1) for t in target]).double()
     gram = x.T @ x
