@@ -135,9 +135,23 @@ def test_latency_table_never_predicts_below_zero(table_run):
 
 def test_latency_table_errors(tmp_path):
     with pytest.raises(lt.LatencyTableError, match="unknown runtime"):
-        lt.table_key("openvino", "fp32", 1, 3, *SIZE, Widths(), False)
+        lt.table_key("coreml", "fp32", 1, 3, *SIZE, Widths(), False)
     with pytest.raises(lt.LatencyTableError, match="not 'fp16'"):
         lt.table_key("onnxruntime", "fp16", 1, 3, *SIZE, Widths(), False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_latency_tables_time_networks_in_openvino(precision):
+    from segdec_prune.runtimes.openvino_runtime import unavailable_reason
+
+    if reason := unavailable_reason():
+        pytest.skip(f"OpenVINO unusable here: {reason}")
+    import openvino
+
+    key = lt.table_key("openvino", precision, 1, 3, *SIZE, Widths(), False)
+    assert key["version"] == openvino.__version__ and key["runtime"] == "openvino"
+    small = Widths((8, 16, 16, 16, 16, 16, 16, 16, 64), (8, 16, 32))
+    assert lt.measure_widths(key, small, rounds=1) > 0
 
 
 def test_latency_plan_is_checked_by_measurement(table_run, tiny_config):
@@ -166,7 +180,7 @@ def test_cli_bad_budget_input_is_one_clear_line(tiny_synth, tmp_path):
     cases = [
         (["--method", "naive_l1", "--target-macs", "1.5"], "(0, 1)"),
         (["--method", "naive_l1", "--target-macs", "0"], "(0, 1)"),
-        (["--method", "naive_l1", "--target-latency-ms", "5", "--runtime", "openvino"], "unknown runtime"),
+        (["--method", "naive_l1", "--target-latency-ms", "5", "--runtime", "coreml"], "unknown runtime"),
         (["--method", "naive_l1", "--target-macs", "0.3", "--ratio", "0.2"], "one of --ratio"),
         (["--method", "naive_l1", "--target-macs", "0.001"], "out of reach"),
     ]

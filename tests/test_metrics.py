@@ -70,3 +70,19 @@ def test_pareto_front_keeps_only_undominated_models_fastest_first():
                rec("torch_fastest", 1, 0.99, runtime="torch")]
     assert [r["model"] for r in pareto_front(records)] == ["fast_bad", "middle", "slow_good"]
     assert [r["model"] for r in pareto_front(records, runtime=None)] == ["torch_fastest"]
+    both = [*records, rec("ov_fast", 3, 0.92, runtime="openvino")]  # the CPU runtimes compete with each other
+    assert [r["model"] for r in pareto_front(both)] == ["ov_fast", "slow_good"]
+    assert [r["model"] for r in pareto_front(both, runtime="onnxruntime")] == ["fast_bad", "middle", "slow_good"]
+
+
+def test_ship_rows_start_from_the_baseline_as_trained():
+    from segdec_prune.results import ship_rows
+
+    def rec(model, runtime, dtype, ms, ap):
+        return {"model": model, "runtime": runtime, "dtype": dtype, "latency_ms_median": ms, "ap": ap}
+
+    records = [rec("baseline_best", "onnxruntime", "fp32", 40, 0.90), rec("baseline_best", "openvino", "int8", 9, 0.90),
+               rec("baseline_best", "onnxruntime", "int8", 16, 0.89), rec("m20", "openvino", "int8", 3, 0.91)]
+    rows = ship_rows(records)
+    assert [(r["model"], r["runtime"], r["dtype"]) for r in rows] == [("baseline_best", "onnxruntime", "fp32"),
+                                                                      ("m20", "openvino", "int8")]

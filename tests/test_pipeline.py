@@ -11,13 +11,16 @@ from segdec_prune.checkpoint import load_checkpoint
 from segdec_prune.cli import app
 from segdec_prune.pipeline import Manifest, execute
 from segdec_prune.results import validate_results
+from segdec_prune.runtimes.openvino_runtime import unavailable_reason as openvino_reason
 from segdec_prune.stages import RunState, plan
 
 runner = CliRunner()
 RECORD_KEYS = {"model", "method", "ratio", "runtime", "dtype", "artifact", "device", "threads", "widths", "parameters",
                "macs", "param_reduction", "mac_reduction", "ap", "ap_paper", "auroc", "best_f1", "best_threshold",
                "fp_at_best", "fn_at_best", "precision", "recall", "f1", "fnr", "dice", "iou", "latency_ms_median",
-               "latency_ms_p90", "throughput_ips", "speedup_vs_baseline"}
+               "latency_ms_p90", "throughput_ips", "speedup_vs_baseline", "speedup_vs_onnxruntime_fp32"}
+CPU_KINDS = {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+             *([("openvino", "fp32"), ("openvino", "int8")] if openvino_reason() is None else [])}
 
 
 def _config(tiny_synth, tmp_path, budgets: str = "", methods: str = '["naive_l1", "ours_c2"]'):
@@ -48,7 +51,7 @@ def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
     assert r.exit_code == 0, r.output
     assert "latency-table:onnxruntime-fp32: done" in r.output and "reused" in r.output
     res = json.loads((run / "real_evaluation_results.json").read_text())
-    assert res["schema_version"] == 3 and res["libraries"]["torch"]
+    assert res["schema_version"] == 4 and res["libraries"]["torch"]
     models = {x["model"] for x in res["records"]}
     budget_name = f"naive_l1_t{target:g}ms".replace(".", "p")
     assert models == {"baseline_best", "naive_l1_r50", "ours_c2_r50", "naive_l1_m30", budget_name}
@@ -69,7 +72,15 @@ def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
         assert by[name, "onnxruntime", "int8"]["threshold_source"] == "validation best-F1 (INT8 model)"
     meta = load_checkpoint(run / "models" / f"{budget_name}.pth").metadata
     assert meta["ratio"] is None and meta["plan"]["budget"]["value"] == target and meta["plan"]["measured_plan_ms"] > 0
-    assert {(x["runtime"], x["dtype"]) for x in res["records"]} == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
+    assert {(x["runtime"], x["dtype"]) for x in res["records"]} == CPU_KINDS  # OpenVINO where it is installed
+    for name in models if openvino_reason() is None else ():  # its INT8 chosen on validation, its own threshold
+        ov = by[name, "openvino", "int8"]
+        assert ov["int8"]["calibration"] in ("qdq", "nncf") and ov["threshold_source"] == "validation best-F1 (INT8 model)"
+        assert by[name, "openvino", "fp32"]["ap"] == pytest.approx(by[name, "onnxruntime", "fp32"]["ap"], abs=1e-6)
+    base = by["baseline_best", "onnxruntime", "fp32"]["latency_ms_median"]
+    for (name, runtime, dtype), rec in by.items():  # two speed-ups: same runtime and dtype, and vs the trained baseline
+        assert rec["speedup_vs_onnxruntime_fp32"] == (pytest.approx(base / rec["latency_ms_median"])
+                                                      if runtime != "torch" else None)
     validate_results(res)
     for rec in res["records"]:
         assert RECORD_KEYS <= set(rec), RECORD_KEYS - set(rec)

@@ -1,5 +1,6 @@
-"""Shipping a model: `predict`, `bundle` + predict_onnx.py, the stored threshold, INT8 chosen on
-validation data, the ship table's operating point, damaged model files."""
+"""Shipping a model: `predict`, `bundle` + predict_onnx.py / predict_openvino.py, the stored
+threshold, INT8 chosen on validation data, the ship table's operating point, damaged model files;
+OpenVINO beside ONNX Runtime (skipped where it is not installed)."""
 
 import csv
 import json
@@ -16,9 +17,12 @@ from typer.testing import CliRunner
 from segdec_prune.checkpoint import load_checkpoint
 from segdec_prune.cli import app
 from segdec_prune.config import load_config
-from segdec_prune.deploy import onnx_info
+from segdec_prune.deploy import ir_info, onnx_info
+from segdec_prune.runtimes.openvino_runtime import unavailable_reason as openvino_reason
 
 runner = CliRunner()
+OPENVINO = openvino_reason() is None
+needs_openvino = pytest.mark.skipif(not OPENVINO, reason=f"OpenVINO unusable here: {openvino_reason()}")
 
 
 def _invoke(*args: str):
@@ -28,7 +32,8 @@ def _invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def shipped(tiny_synth, tmp_path_factory):
-    """A run with a trained baseline and one pruned model, exported, calibrated, INT8 built."""
+    """A run with a trained baseline and one pruned model, exported, calibrated, INT8 built (and
+    OpenVINO FP32 and INT8, where it is installed)."""
     tmp = tmp_path_factory.mktemp("ship")
     cfg = tmp / "tiny.toml"
     cfg.write_text(
@@ -39,8 +44,9 @@ def shipped(tiny_synth, tmp_path_factory):
         'int8_fp32_candidates = ["first_conv"]\nint8_early_exit = false\n'  # the full search: every candidate
         f'[run]\nname = "s"\ndir = "{tmp / "runs"}"\n'
     )
+    openvino = [["build", "--runtime", "openvino", "--precision", p] for p in ("fp32", "int8")] if OPENVINO else []
     for args in (["train", "--quiet"], ["prune", "--method", "naive_l1", "--ratio", "0.5"], ["export"], ["calibrate"],
-                 ["build", "--precision", "int8"]):
+                 ["build", "--precision", "int8"], *openvino):
         r = runner.invoke(app, [args[0], "--config", str(cfg), *args[1:]])
         assert r.exit_code == 0, (args, r.output)
     return cfg, tmp / "runs" / "s"
@@ -127,8 +133,10 @@ def test_bundle_replaces_an_old_bundle_but_not_other_folders(shipped, tmp_path):
     for _ in range(2):
         r, text = _invoke("bundle", "--config", str(cfg), "--model", "baseline_best", "--out", str(out))
         assert r.exit_code == 0, text
-    assert sorted(p.name for p in out.iterdir()) == ["baseline_best.onnx", "baseline_best_int8.onnx",
-                                                     "model_card.json", "predict_onnx.py"]
+    openvino = ["baseline_best_fp32.bin", "baseline_best_fp32.xml", "baseline_best_int8.bin", "baseline_best_int8.xml",
+                "predict_openvino.py"] if OPENVINO else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(["baseline_best.onnx", "baseline_best_int8.onnx",
+                                                            "model_card.json", "predict_onnx.py", *openvino])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     other = tmp_path / "mine"
     other.mkdir()
@@ -229,8 +237,92 @@ def test_a_run_from_before_thresholds_gets_them_at_export(shipped, tmp_path):
     assert computed.source == "validation best-F1 (computed at export)"
     assert computed.value == pytest.approx(ckpt.threshold.value, abs=1e-6)  # the same weights, the same split
     (old / "onnx" / "naive_l1_r50_int8.onnx").unlink()
+    shutil.rmtree(old / "openvino", ignore_errors=True)  # converted from the old export: stale too
     r, text = _invoke("evaluate", "--config", str(cfg), *override)
     assert r.exit_code == 0, text
     recs = [x for x in json.loads((old / "real_evaluation_results.json").read_text())["records"] if x["model"] == "naive_l1_r50"]
     assert {x["runtime"] for x in recs} == {"torch", "onnxruntime"}
     assert all(x["threshold"] == computed.value and "computed at export" in x["threshold_source"] for x in recs)
+
+
+@needs_openvino
+def test_openvino_fp32_equals_onnxruntime_and_carries_the_metadata(shipped, tmp_path):
+    from segdec_prune.deploy import open_runtime
+
+    _, run = shipped
+    x = np.random.default_rng(0).random((3, 3, 128, 64), dtype=np.float32)
+    for name in ("baseline_best", "naive_l1_r50"):
+        ov, info = open_runtime(run / "openvino" / f"{name}_fp32.xml", threads=1)
+        ort, ort_info = open_runtime(run / "onnx" / f"{name}.onnx", threads=1)
+        for got, ref in zip(ov.predict(x), ort.predict(x)):
+            np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+        assert info.spec == ort_info.spec and info.threshold == ort_info.threshold and ov.precision == "fp32"
+    int8 = ir_info(run / "openvino" / "naive_l1_r50_int8.xml")
+    assert int8.threshold.source == "validation best-F1 (INT8 model)" and int8.metadata["int8"]["calibration"] in ("qdq", "nncf")
+
+
+@needs_openvino
+def test_openvino_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
+    import segdec_prune.int8 as int8
+    from segdec_prune.calibration import calibration_path, load_calibration
+    from segdec_prune.data.ksdd2 import scan_split
+    from segdec_prune.stages import RunState, build_model
+
+    cfg, _ = shipped
+    config = load_config(cfg)
+    state = RunState(config)
+    val_ids = {s["id"] for s in state.sets[1].samples}
+    test_ids = {r.id for r in scan_split(config.data.root, "test")}
+    seen = []
+    real = int8.predict
+    monkeypatch.setattr(int8, "predict", lambda rt, ds, **kw: seen.append({s["id"] for s in ds.samples}) or real(rt, ds, **kw))
+    path, choice = build_model(state, "naive_l1_r50", "openvino", "int8", load_calibration(calibration_path(config)))
+    tried = [(c["calibration"], c["fp32_layers"]) for c in choice["candidates"]]
+    assert tried == [("qdq", []), ("nncf", []), ("nncf", ["first_conv"])]  # the full search of the config
+    assert len(seen) == 1 + 3 and all(ids == val_ids for ids in seen) and not val_ids & test_ids
+    assert path.suffix == ".xml" and ir_info(path).metadata["int8"]["val_images"] == len(val_ids)
+
+
+@needs_openvino
+def test_bundle_predict_openvino_gives_the_decisions_of_predict(shipped, images, tmp_path):
+    cfg, run = shipped
+    (images / "broken.png").unlink()
+    model = run / "openvino" / "naive_l1_r50_int8.xml"
+    r, text = _invoke("predict", str(images), "--model", str(model), "--out", str(tmp_path / "p"), "--batch", "3")
+    assert r.exit_code == 0 and "validation best-F1 (INT8 model)" in text, text
+    bundle = tmp_path / "bundle"
+    assert _invoke("bundle", "--config", str(cfg), "--model", "naive_l1_r50", "--out", str(bundle))[0].exit_code == 0
+    card = json.loads((bundle / "model_card.json").read_text())
+    assert card["files"]["openvino_int8"]["weights"] == "naive_l1_r50_int8.bin"
+    assert card["threshold"]["openvino_int8"]["source"] == "validation best-F1 (INT8 model)"
+    script = subprocess.run([sys.executable, str(bundle / "predict_openvino.py"), str(bundle / model.name), str(images),
+                             "--out", str(tmp_path / "script.csv"), "--threads", "1"], capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr
+    ours = {row["path"]: row for row in _rows(tmp_path / "p" / "predictions.csv")}
+    theirs = {row["path"]: row for row in _rows(tmp_path / "script.csv")}
+    assert len(theirs) == 6 and theirs.keys() == ours.keys()
+    for path, row in theirs.items():
+        assert row["defective"] == ours[path]["defective"] and row["threshold"] == ours[path]["threshold"]
+        assert abs(float(row["score"]) - float(ours[path]["score"])) < 1e-4
+
+
+@needs_openvino
+@pytest.mark.parametrize("damage", ["no_bin", "truncated_bin", "foreign"])
+def test_a_bad_openvino_ir_gives_one_line(shipped, images, tiny_synth, tmp_path, damage):
+    from segdec_prune.runtimes.openvino_runtime import convert, save_ir
+
+    _, run = shipped
+    xml = tmp_path / "m.xml"
+    if damage == "foreign":  # a valid IR that segdec-prune did not write: no input spec
+        save_ir(convert(run / "onnx" / "naive_l1_r50.onnx"), xml, {})
+    else:
+        shutil.copy2(run / "openvino" / "naive_l1_r50_fp32.xml", xml)
+        data = (run / "openvino" / "naive_l1_r50_fp32.bin").read_bytes()
+        if damage == "truncated_bin":
+            xml.with_suffix(".bin").write_bytes(data[: len(data) // 3])
+    expected = {"no_bin": "m.bin is missing", "truncated_bin": "truncated or damaged",
+                "foreign": "not exported by segdec-prune"}[damage]
+    for args in (["evaluate", "--model", str(xml), "--data", str(tiny_synth)],
+                 ["predict", str(images), "--model", str(xml), "--out", str(tmp_path / "p")]):
+        r, text = _invoke(*args)
+        assert r.exit_code == 2 and expected in text and "Traceback" not in text, text

@@ -1,5 +1,7 @@
-"""A folder a deployment team can take: one model's FP32 and INT8 ONNX files, a model card, and
-a stand-alone `predict_onnx.py` (onnxruntime, opencv and numpy only; same scores as `predict`).
+"""A folder a deployment team can take: one model's FP32 and INT8 ONNX files, its OpenVINO FP32
+and INT8 IRs where the run built them, a model card, and stand-alone `predict_onnx.py`
+(onnxruntime, opencv and numpy only) and `predict_openvino.py` (openvino instead of
+onnxruntime); both give the same decisions as `predict`.
 
 The bundle is assembled in a temporary folder beside `out` and renamed into place, so a reader
 never sees half a bundle; an older bundle at `out` is replaced, any other non-empty folder is not.
@@ -17,12 +19,12 @@ from pathlib import Path
 from . import __version__
 from .artifacts import sha256, strict_json
 from .config import Config
-from .deploy import ModelInfo, onnx_path, open_runtime
+from .deploy import ModelInfo, ir_info, onnx_path, open_runtime, openvino_path
 from .results import RESULTS_FILE, library_versions
 
 CARD = "model_card.json"
-SCRIPT = "predict_onnx.py"
-TEMPLATE = Path(__file__).parent / "templates" / SCRIPT
+SCRIPT, OV_SCRIPT = "predict_onnx.py", "predict_openvino.py"
+TEMPLATES = Path(__file__).parent / "templates"
 PREPROCESSING = ("OpenCV imread (BGR for 3 channels, grayscale for 1), resize to width x height (bilinear), "
                  "multiply by scale, NCHW float32. Outputs: `decision` logit [B,1] (score = sigmoid; defective when "
                  "score >= threshold), `segmentation` logits [B,1,H/8,W/8] (defect map = sigmoid).")
@@ -43,6 +45,11 @@ def make_bundle(cfg: Config, name: str, out: Path) -> list[Path]:
             raise FileNotFoundError(f"no {kind.upper()} ONNX file {path}{hint}; run `{how[kind]}` or `segdec-prune run` first")
     # Each must load in ONNX Runtime; a damaged file fails here, in one line.
     infos = {kind: open_runtime(path, threads=1)[1] for kind, path in files.items()}
+    irs = {f"openvino_{dt}": openvino_path(run, name, dt) for dt in ("fp32", "int8")}
+    for kind, xml in irs.items():  # built where OpenVINO is installed; read (not compiled) to check them
+        if xml.is_file():
+            infos[kind] = ir_info(xml)
+            files[kind] = xml
     card = model_card(cfg, name, infos, files)
     out = Path(out)
     _check_target(out)
@@ -50,14 +57,17 @@ def make_bundle(cfg: Config, name: str, out: Path) -> list[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for path in files.values():
-            shutil.copy2(path, staging / path.name)
-        shutil.copy2(TEMPLATE, staging / SCRIPT)
+            for part in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+                shutil.copy2(part, staging / part.name)
+        scripts = [SCRIPT, *([OV_SCRIPT] if any(k.startswith("openvino") for k in files) else [])]
+        for script in scripts:
+            shutil.copy2(TEMPLATES / script, staging / script)
         (staging / CARD).write_text(json.dumps(strict_json(card), indent=2) + "\n", encoding="utf-8")
         os.chmod(staging, 0o755)
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [out / p.name for p in files.values()] + [out / CARD, out / SCRIPT]
+    return [out / p.name for p in files.values()] + [out / CARD, *(out / s for s in scripts)]
 
 
 def model_card(cfg: Config, name: str, infos: dict[str, ModelInfo], files: dict[str, Path]) -> dict:
@@ -75,7 +85,9 @@ def model_card(cfg: Config, name: str, infos: dict[str, ModelInfo], files: dict[
     return {
         "format": "segdec-prune/model-card", "format_version": 1, "model": name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "segdec_prune": __version__,
-        "files": {kind: {"file": p.name, "bytes": p.stat().st_size, "sha256": sha256(p)} for kind, p in files.items()},
+        "files": {kind: {"file": p.name, "bytes": p.stat().st_size, "sha256": sha256(p),
+                         **({"weights": p.with_suffix(".bin").name, "weights_sha256": sha256(p.with_suffix(".bin"))}
+                            if p.suffix == ".xml" else {})} for kind, p in files.items()},
         "input": {**fp32.spec.__dict__, "preprocessing": PREPROCESSING},
         "threshold": {kind: (i.threshold.to_dict() if i.threshold else None) for kind, i in infos.items()},
         "architecture": {k: profile.get(k) for k in ("method", "ratio", "budget", "widths", "parameters", "macs",
@@ -87,7 +99,9 @@ def model_card(cfg: Config, name: str, infos: dict[str, ModelInfo], files: dict[
                              f"no records: run `segdec-prune evaluate --config {cfg.source or 'CFG'}`",
         "calibration": {"images": cfg.deploy.calibration_images,
                         "positive_fraction": cfg.deploy.calibration_positive_fraction, "seed": cfg.deploy.seed,
-                        "source": "training split", "int8_choice": infos["int8"].metadata.get("int8")},
+                        "source": "training split", "int8_choice": infos["int8"].metadata.get("int8"),
+                        **({"openvino_int8_choice": infos["openvino_int8"].metadata.get("int8")}
+                           if "openvino_int8" in infos else {})},
         "libraries": library_versions(),
         "config": cfg.to_dict(),
     }

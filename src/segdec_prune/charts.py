@@ -2,7 +2,8 @@
 
 chart1_master_benchmark.png  AP vs GMACs per method; parameters per model; per runtime: AP vs
                              latency (Pareto models labelled), measured vs ideal speed-up
-chart2_pareto.png            AP vs CPU latency, every model x ONNX Runtime dtype, Pareto front
+chart2_pareto.png            AP vs CPU latency, every model x CPU runtime (ONNX Runtime, OpenVINO) x dtype,
+                             Pareto front
 chart3_qualitative.png       defective test images: ground truth, baseline and a pruned model
 """
 
@@ -22,10 +23,11 @@ import numpy as np  # noqa: E402
 from .artifacts import atomic_write  # noqa: E402
 from .config import Config  # noqa: E402
 from .results import pareto_front  # noqa: E402
+from .runtimes.base import CPU_RUNTIMES  # noqa: E402
 
 CHART_FILES = ("chart1_master_benchmark.png", "chart2_pareto.png", "chart3_qualitative.png")
 MARKERS = {("torch", "fp32"): "o", ("onnxruntime", "fp32"): "s", ("onnxruntime", "int8"): "D",
-           ("tensorrt", "fp16"): "^", ("tensorrt", "int8"): "v"}
+           ("openvino", "fp32"): "P", ("openvino", "int8"): "X", ("tensorrt", "fp16"): "^", ("tensorrt", "int8"): "v"}
 
 
 def _colors(methods: list[str]) -> dict[str, str]:
@@ -136,7 +138,7 @@ def master(records: list[dict], path: Path) -> Path:
 
 
 def pareto(records: list[dict], path: Path) -> Path:
-    rows = [r for r in records if r["runtime"] == "onnxruntime"] or records
+    rows = [r for r in records if r["runtime"] in CPU_RUNTIMES] or records
     front = pareto_front(records)
     color = _colors(sorted({r["method"] for r in rows}, key=lambda m: (m != "baseline", m)))
     fig, a = plt.subplots(figsize=(12, 8))
@@ -145,7 +147,7 @@ def pareto(records: list[dict], path: Path) -> Path:
     a.plot([r["latency_ms_median"] for r in front], [r["ap"] for r in front], "-", color="red", lw=1.5, label="Pareto front")
     lines = []  # the operating point a deployment gets: each model's validation threshold, not the test-optimal one
     for k, r in enumerate(front, 1):
-        lines.append(f"{k}  {r['model']} {r['dtype']}: AP {r['ap']:.3f}, {r['latency_ms_median']:.1f} ms, F1 {r['f1']:.2f}, "
+        lines.append(f"{k}  {r['model']} {r['runtime']} {r['dtype']}: AP {r['ap']:.3f}, {r['latency_ms_median']:.1f} ms, F1 {r['f1']:.2f}, "
                      f"FP/FN {r['fp_at_threshold']}/{r['fn_at_threshold']} at {r['threshold']:.2f}")
     a.text(0.0, -0.1, "Pareto front (F1, FP/FN at the model's validation threshold)\n" + "\n".join(lines),
            transform=a.transAxes, fontsize=7.5, ha="left", va="top", family="monospace",
@@ -155,7 +157,7 @@ def pareto(records: list[dict], path: Path) -> Path:
     for key in sorted({(r["runtime"], r["dtype"]) for r in rows}, key=list(MARKERS).index):
         a.scatter([], [], color="gray", marker=MARKERS[key], label=f"marker: {key[0]} {key[1]}")
     a.set(xlabel="batch-1 CPU latency, median (ms, log scale)", ylabel="test AP",
-          title="Which model to ship: ONNX Runtime on the CPU (numbers: the Pareto front, listed below)")
+          title="Which model to ship: CPU runtimes side by side (numbers: the Pareto front, listed below)")
     a.set_xscale("log")
     a.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
     a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())

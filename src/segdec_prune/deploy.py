@@ -1,6 +1,8 @@
 """Deployment artifacts of a run: verified ONNX files, INT8 ONNX files, TensorRT engines.
 
     models/{name}.pth -> onnx/{name}.onnx -> onnx/{name}_int8.onnx  (ONNX Runtime, CPU; U8S8; chosen on validation, int8.py)
+                                          -> openvino/{name}_fp32.xml (+ .bin)  (OpenVINO, CPU)
+                                          -> openvino/{name}_int8.xml  (NNCF or the QDQ file; chosen on validation)
                                           -> engines/{name}_fp16.engine     (TensorRT)
                                           -> engines/{name}_int8_qdq.onnx -> engines/{name}_int8.engine
                                              (symmetric S8S8 Q/DQ for TensorRT's explicit quantization)
@@ -41,6 +43,19 @@ def onnx_path(run_dir: Path, name: str, precision: str = "fp32") -> Path:
 
 def engine_path(run_dir: Path, name: str, precision: str) -> Path:
     return run_dir / "engines" / f"{name}_{precision}.engine"
+
+
+def openvino_path(run_dir: Path, name: str, precision: str) -> Path:
+    return run_dir / "openvino" / f"{name}_{precision}.xml"
+
+
+def artifact_path(run_dir: Path, name: str, runtime: str, precision: str) -> Path:
+    """Where a build of `runtime` and `precision` writes its file (the torch "artifact" is the checkpoint)."""
+    if runtime == "torch":
+        return run_dir / "models" / f"{name}.pth"
+    if runtime == "onnxruntime":
+        return onnx_path(run_dir, name, precision)
+    return openvino_path(run_dir, name, precision) if runtime == "openvino" else engine_path(run_dir, name, precision)
 
 
 def export_checkpoint(ckpt: Checkpoint, name: str, images: np.ndarray, out: Path, threshold: Threshold | None = None):
@@ -94,6 +109,10 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
 def onnx_info(path: str | Path) -> ModelInfo:
     """What export (and the INT8 build) recorded in the ONNX metadata."""
     props = {p.key[len(PREFIX):]: p.value for p in load_onnx(path).metadata_props if p.key.startswith(PREFIX)}
+    return _info(path, props)
+
+
+def _info(path: str | Path, props: dict[str, str]) -> ModelInfo:
     if "input_spec" not in props:
         raise ModelFileError(f"{path} was not exported by segdec-prune (no input spec in its metadata)")
     meta = {k: _json_or_text(v) for k, v in props.items() if k not in ("input_spec", "data_root", "threshold")}
@@ -124,8 +143,9 @@ def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calib
                    on_candidate: Callable[[str], None] | None = None) -> Path:
     """Build one model's artifact for a runtime and precision from its verified ONNX file.
 
-    ONNX Runtime INT8 searches calibration methods and FP32 layers on `validation` (int8.py);
-    TensorRT INT8 uses the search's first calibration method, all convolutions INT8."""
+    ONNX Runtime and OpenVINO INT8 search how to quantize and which layers stay FP32 on
+    `validation` (int8.py); TensorRT INT8 uses the search's first calibration method, all
+    convolutions INT8."""
     from .int8 import Int8Search
 
     check_runtime(runtime, precision)
@@ -146,6 +166,8 @@ def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calib
             build_int8(fp32, out, calibration, validation, search, on_candidate)
         OnnxRuntime(out, threads=1)  # it must load, or it does not count as built
         return out
+    if runtime == "openvino":
+        return build_openvino(run_dir, name, precision, calibration, validation, search, on_candidate)
     from .runtimes.onnxruntime_runtime import quantize_int8
     from .runtimes.tensorrt_runtime import TensorRTUnavailable, build_engine, unavailable_reason
 
@@ -170,10 +192,57 @@ def build_int8(fp32: Path, out: Path, calibration: np.ndarray, validation: "KSDD
     return atomic_write(out, lambda tmp: onnx.save_model(proto, str(tmp)))
 
 
+def build_openvino(run_dir: Path, name: str, precision: str, calibration: np.ndarray | None,
+                   validation: "KSDD2Dataset | None", search: "Int8Search",
+                   on_candidate: Callable[[str], None] | None = None) -> Path:
+    """The OpenVINO IR of one model, converted from its verified ONNX file (FP32), or the
+    validation-chosen INT8 IR (int8.choose_openvino_int8; ONNX Runtime's INT8 file is one
+    candidate when it exists), carrying the ONNX metadata (plus the INT8 choice and threshold)."""
+    from .runtimes.openvino_runtime import OpenVinoRuntime, OpenVinoUnavailable, convert, save_ir, unavailable_reason
+
+    if reason := unavailable_reason():
+        raise OpenVinoUnavailable(f"openvino skipped: {reason}")
+    fp32 = onnx_path(run_dir, name)
+    props = {p.key[len(PREFIX):]: p.value for p in load_onnx(fp32).metadata_props if p.key.startswith(PREFIX)}
+    model = convert(fp32)
+    if precision == "int8":
+        from .int8 import choose_openvino_int8
+
+        if validation is None:
+            raise ValueError("OpenVINO INT8 is chosen on the validation split: pass it")
+        model, choice, threshold = choose_openvino_int8(model, calibration, validation, onnx_path(run_dir, name, "int8"),
+                                                        search, on_candidate)
+        props.update(threshold=json.dumps(threshold.to_dict()), int8=json.dumps(choice.to_dict()))
+    out = save_ir(model, openvino_path(run_dir, name, precision), props)
+    OpenVinoRuntime(out, threads=1)  # it must load, or it does not count as built
+    return out
+
+
+def ir_info(path: str | Path) -> ModelInfo:
+    """What the OpenVINO build recorded in the IR's rt_info (the ONNX metadata, plus the INT8 choice)."""
+    from .runtimes.openvino_runtime import read_ir, read_metadata
+
+    try:
+        props = read_metadata(read_ir(path))
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from None
+    return _info(path, props)
+
+
 def open_runtime(path: str | Path, threads: int = 0) -> tuple[Any, ModelInfo]:
-    """A runtime for any artifact: .pth (PyTorch), .onnx (ONNX Runtime), .engine (TensorRT),
-    and what the file says about itself."""
+    """A runtime for any artifact: .pth (PyTorch), .onnx (ONNX Runtime), .xml (OpenVINO IR),
+    .engine (TensorRT), and what the file says about itself."""
     path = Path(path)
+    if path.suffix == ".xml":
+        from .runtimes.openvino_runtime import OpenVinoRuntime, unavailable_reason
+
+        if reason := unavailable_reason():
+            raise ModelFileError(f"cannot run {path}: {reason}")
+        info = ir_info(path)
+        try:
+            return OpenVinoRuntime(path, threads, "int8" if "int8" in info.metadata else "fp32"), info
+        except Exception as exc:
+            raise ModelFileError(f"OpenVINO cannot compile {path}: {_first(exc)}") from None
     if path.suffix == ".onnx":
         from .runtimes.onnxruntime_runtime import OnnxRuntime
 

@@ -1,10 +1,12 @@
-"""ONNX Runtime INT8 that keeps the FP32 model's AP: calibration method and FP32 layers chosen
-per model on the validation split (never the test split).
+"""INT8 that keeps the FP32 model's AP: how it is quantized and which layers stay FP32, chosen
+per model on the validation split (never the test split); ONNX Runtime and OpenVINO share the search.
 
-Search (each candidate quantized from the same pre-processed graph, calibrated once per method):
+ONNX Runtime (each candidate quantized from the same pre-processed graph, calibrated once per method):
   1. every calibration method in `calibrations`, all convolutions INT8;
   2. with the best method of step 1: each layer group of `fp32_candidates` kept in FP32 alone,
      then all of them together.
+OpenVINO: 1. OpenVINO reading ONNX Runtime's chosen QDQ file, then NNCF's quantization;
+  2. NNCF with each layer group of `fp32_candidates` kept FP32, then all of them.
 With `early_exit` (the demo's setting) the search stops at the first candidate whose validation
 AP is within `tolerance` of the FP32 model's (or above it): on the demo the first (minmax, all
 INT8) usually is, and each candidate costs a calibration, a quantization and a validation pass.
@@ -19,9 +21,10 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -86,59 +89,104 @@ def _pick(rows: list[dict], ref_ap: float, tolerance: float) -> dict:
     return min(kept, key=lambda r: r["logit_error"]) if kept else max(rows, key=lambda r: r["val_ap"])
 
 
+def _search(order: Callable[[list[dict], float], Iterator[tuple[str, tuple[str, ...]]]],
+            build: Callable[[str, tuple[str, ...]], tuple[Any, Any]], validation: KSDD2Dataset, ref: np.ndarray,
+            search: Int8Search, on_candidate: Callable[[str], None] | None) -> tuple[list[dict], dict, bool]:
+    """Score candidates in `order` (which sees the rows so far and FP32's validation AP) on the
+    validation split; `build` makes one: (runtime to score, artifact to keep).
+    Returns (rows, chosen row, whether it stopped early)."""
+    ref_ap = classification_metrics(validation.labels, ref)["ap"]
+    rows: list[dict] = []
+    for method, groups in order(rows, ref_ap):
+        t0 = time.perf_counter()
+        if on_candidate:
+            on_candidate(method + "".join(f"+fp32:{g}" for g in groups))
+        runtime, artifact = build(method, groups)
+        preds = predict(runtime, validation, batch_size=8)
+        rows.append({"calibration": method, "fp32_layers": list(groups),
+                     "val_ap": classification_metrics(validation.labels, preds.scores)["ap"],
+                     "logit_error": float(np.mean(np.abs(_logits(preds.scores) - _logits(ref)))),
+                     "seconds": time.perf_counter() - t0, "artifact": artifact, "scores": preds.scores})
+        if search.early_exit and rows[-1]["val_ap"] >= ref_ap - search.tolerance:
+            return rows, rows[-1], True
+    return rows, _pick(rows, ref_ap, search.tolerance), False
+
+
+def _choice(rows: list[dict], chosen: dict, stopped: bool, ref: np.ndarray, validation: KSDD2Dataset,
+            search: Int8Search) -> tuple[Int8Choice, Threshold]:
+    labels = validation.labels
+    ref_ap = classification_metrics(labels, ref)["ap"]
+    m = classification_metrics(labels, chosen["scores"])
+    choice = Int8Choice(chosen["calibration"], chosen["fp32_layers"], chosen["val_ap"], ref_ap, chosen["logit_error"],
+                        chosen["val_ap"] >= ref_ap - search.tolerance, search.tolerance, len(labels),
+                        [{k: v for k, v in r.items() if k not in ("artifact", "scores")} for r in rows], stopped)
+    return choice, Threshold(m["best_threshold"], "validation best-F1 (INT8 model)", m["best_f1"])
+
+
+def _then_fp32_groups(first: Sequence[str], search: Int8Search, base: str | None = None) -> Callable:
+    """Search order: each of `first` with every convolution INT8; then, from `base` (default: the
+    best of those), each FP32 layer group alone, then all of them together."""
+    def order(rows: list[dict], ref_ap: float) -> Iterator[tuple[str, tuple[str, ...]]]:
+        yield from ((m, ()) for m in first)
+        best = base or _pick(rows, ref_ap, search.tolerance)["calibration"]
+        groups = list(search.fp32_candidates)
+        yield from ((best, (g,)) for g in groups)
+        if len(groups) > 1:
+            yield best, tuple(groups)
+
+    return order
+
+
 def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Dataset, search: Int8Search = Int8Search(),
                 on_candidate: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, Int8Choice, Threshold]:
-    """The chosen INT8 graph, the choice, and the INT8 model's own validation best-F1 threshold
-    (its scores shift a little from FP32's)."""
+    """ONNX Runtime: the chosen INT8 graph, the choice, and the INT8 model's own validation best-F1
+    threshold (its scores shift a little from FP32's)."""
     import torch
 
-    labels = validation.labels
     threads = torch.get_num_threads()  # this process's share of the cores (a `run --workers` worker: not all)
     ref = predict(OnnxRuntime(fp32_path, threads=threads), validation, batch_size=8).scores
-    ref_ap = classification_metrics(labels, ref)["ap"]
-    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pre = prepare_for_quantization(fp32_path, tmp / "pre.onnx")
         graph = onnx.load(str(pre), load_external_data=False)
+        count = iter(range(1 << 30))
 
-        def trial(method: str, groups: Sequence[str]) -> dict:
-            t0 = time.perf_counter()
-            name = f"{method}" + "".join(f"+fp32:{g}" for g in groups)
-            if on_candidate:
-                on_candidate(name)
+        def build(method: str, groups: tuple[str, ...]):
             exclude = conv_nodes(graph, [p for g in groups for p in FP32_GROUPS[g]])
-            path = quantize_prepared(pre, tmp / f"c{len(rows)}.onnx", calibration, search.op_types, method, exclude,
+            path = quantize_prepared(pre, tmp / f"c{next(count)}.onnx", calibration, search.op_types, method, exclude,
                                      cache=tmp / f"{method}.json")
-            preds = predict(OnnxRuntime(path, threads=threads, precision="int8"), validation, batch_size=8)
-            m = classification_metrics(labels, preds.scores)
-            rows.append({"calibration": method, "fp32_layers": list(groups), "val_ap": m["ap"],
-                         "logit_error": float(np.mean(np.abs(_logits(preds.scores) - _logits(ref)))),
-                         "seconds": time.perf_counter() - t0, "path": path, "scores": preds.scores})
-            return rows[-1]
+            return OnnxRuntime(path, threads=threads, precision="int8"), path
 
-        def holds(row: dict) -> bool:
-            return row["val_ap"] >= ref_ap - search.tolerance
+        rows, chosen, stopped = _search(_then_fp32_groups(search.calibrations, search), build, validation, ref,
+                                        search, on_candidate)
+        model = onnx.load(str(chosen["artifact"]))
+    return (model, *_choice(rows, chosen, stopped, ref, validation, search))
 
-        def order():
-            """The candidates in search order; step 2 starts from step 1's best calibration."""
-            yield from ((m, ()) for m in search.calibrations)
-            best = _pick(rows, ref_ap, search.tolerance)["calibration"]
-            groups = list(search.fp32_candidates)
-            yield from ((best, (g,)) for g in groups)
-            if len(groups) > 1:
-                yield best, tuple(groups)
 
-        stopped = False
-        for method, groups in order():
-            if holds(trial(method, groups)) and search.early_exit:
-                stopped = True
-                break
-        chosen = rows[-1] if stopped else _pick(rows, ref_ap, search.tolerance)
-        kept = holds(chosen)
-        m = classification_metrics(labels, chosen["scores"])
-        model = onnx.load(str(chosen["path"]))
-    choice = Int8Choice(chosen["calibration"], chosen["fp32_layers"], chosen["val_ap"], ref_ap, chosen["logit_error"],
-                        kept, search.tolerance, len(labels),
-                        [{k: v for k, v in r.items() if k not in ("path", "scores")} for r in rows], stopped)
-    return model, choice, Threshold(m["best_threshold"], "validation best-F1 (INT8 model)", m["best_f1"])
+def choose_openvino_int8(fp32_model, calibration: np.ndarray, validation: KSDD2Dataset, qdq_path: Path | None,
+                         search: Int8Search = Int8Search(), on_candidate: Callable[[str], None] | None = None):
+    """OpenVINO: the chosen INT8 model (an openvino.Model), the choice and its threshold.
+
+    Candidates: OpenVINO reading ONNX Runtime's validation-chosen QDQ file ("qdq", when `qdq_path`
+    exists), NNCF's quantization of the FP32 model ("nncf"), then NNCF with each FP32 layer group
+    (and all) kept FP32. The QDQ file goes first: it costs one validation pass and no calibration,
+    and on the demo it held AP where NNCF's did not (NNCF ran 1.03-1.15x faster on two demo models)."""
+    import torch
+
+    from .runtimes.openvino_runtime import OpenVinoRuntime, conv_names, convert, quantize_nncf
+
+    threads = torch.get_num_threads()
+    ref = predict(OpenVinoRuntime(fp32_model, threads), validation, batch_size=8).scores
+
+    def build(method: str, groups: tuple[str, ...]):
+        if method == "qdq":
+            model = convert(qdq_path)
+        else:
+            model = quantize_nncf(fp32_model, calibration,
+                                  conv_names(fp32_model, [p for g in groups for p in FP32_GROUPS[g]]))
+        return OpenVinoRuntime(model, threads, "int8"), model
+
+    first = [*(["qdq"] if qdq_path is not None and Path(qdq_path).is_file() else []), "nncf"]
+    rows, chosen, stopped = _search(_then_fp32_groups(first, search, base="nncf"), build, validation, ref, search,
+                                    on_candidate)
+    return (chosen["artifact"], *_choice(rows, chosen, stopped, ref, validation, search))

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,6 +122,10 @@ def runtime_version(runtime: str) -> str:
         import onnxruntime
 
         return onnxruntime.__version__
+    if runtime == "openvino":
+        import openvino
+
+        return openvino.__version__
     import tensorrt
 
     return tensorrt.__version__
@@ -132,11 +137,10 @@ def table_key(runtime: str, precision: str, threads: int, in_channels: int, heig
         raise LatencyTableError(f"unknown runtime {runtime!r}; latency tables exist for {', '.join(RUNTIMES)}")
     if precision not in RUNTIMES[runtime]:
         raise LatencyTableError(f"{runtime} runs {', '.join(RUNTIMES[runtime])}, not {precision!r}")
-    if runtime == "tensorrt":
-        from .runtimes.tensorrt_runtime import unavailable_reason
-
-        if reason := unavailable_reason():
-            raise LatencyTableError(f"tensorrt latency table: {reason}")
+    if runtime in ("tensorrt", "openvino"):
+        module = import_module(f".runtimes.{runtime}_runtime", __package__)
+        if reason := module.unavailable_reason():
+            raise LatencyTableError(f"{runtime} latency table: {reason}")
     return {"format": FORMAT, "runtime": runtime, "version": runtime_version(runtime), "precision": precision,
             "threads": threads, "in_channels": in_channels, "height": height, "width": width,
             "widths": widths.to_dict(), "include_extractor": include_extractor, "device": device_name(runtime),
@@ -229,10 +233,8 @@ def _timer(key: dict, folder: Path) -> Callable[[onnx.ModelProto, np.ndarray], C
 
             calib = np.random.default_rng(0).random((4, *sample.shape[1:]), dtype=np.float32)
             path = quantize_int8(path, path.with_name(f"{path.stem}_int8.onnx"), calib, for_tensorrt=runtime == "tensorrt")
-        if runtime == "onnxruntime":
-            from .runtimes.onnxruntime_runtime import latency_timer
-
-            return latency_timer(path, sample, threads, WARMUP)
+        if runtime in ("onnxruntime", "openvino"):  # OpenVINO INT8: it reads the QDQ file
+            return import_module(f".runtimes.{runtime}_runtime", __package__).latency_timer(path, sample, threads, WARMUP)
         from .runtimes.tensorrt_runtime import latency_timer as trt_timer
 
         return trt_timer(path, precision, sample, WARMUP)

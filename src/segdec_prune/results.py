@@ -2,7 +2,9 @@
 
 One record per model x runtime (`runtime` + `dtype`: fp32, fp16 or int8): all metrics of `evaluation`, batch-1 latency and throughput
 with the device and thread count, and the model's method, ratio, widths, parameters, MACs and
-reductions (from profiling_results.json). Runtimes that cannot run here are listed as skipped
+reductions (from profiling_results.json). Two speed-ups: against the baseline in the same runtime
+and dtype (what pruning gave), and against the baseline as trained, in ONNX Runtime FP32 on the
+same CPU (what pruning plus the runtime gave: the figure a user asks for). Runtimes that cannot run here are listed as skipped
 with the reason, never silently left out.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +22,13 @@ from . import __version__
 from .artifacts import strict_json, write_json
 from .config import Config
 from .data.dataset import KSDD2Dataset, load_split, preprocessing_for
-from .deploy import engine_path, model_paths, onnx_info, onnx_path, open_runtime
+from .deploy import artifact_path, model_paths, onnx_info, onnx_path, open_runtime
 from .evaluation import evaluate_predictions, interleaved_latency, predict
 from .profiling import profile_run
+from .runtimes.base import CPU_RUNTIMES
 
-SCHEMA_VERSION = 3  # 2: budget, predicted latency; 3: threshold = the model's validation threshold, int8 choice
+SCHEMA_VERSION = 4  # 2: budget, predicted latency; 3: threshold = the model's validation threshold, int8 choice;
+#                    4: openvino records, speedup_vs_onnxruntime_fp32
 RESULTS_FILE = "real_evaluation_results.json"
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "real_evaluation_results.schema.json"
 
@@ -47,18 +51,25 @@ def library_versions() -> dict[str, str]:
     import torch
     import torch_pruning
 
-    return {"segdec_prune": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torch_pruning": torch_pruning.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "scikit_learn": sklearn.__version__, "numpy": np.__version__}
+    versions = {"segdec_prune": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "torch_pruning": torch_pruning.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "scikit_learn": sklearn.__version__, "numpy": np.__version__}
+    try:
+        import nncf
+        import openvino
+
+        versions.update(openvino=openvino.__version__, nncf=nncf.__version__)
+    except ImportError:
+        pass
+    return versions
 
 
 def artifacts_of(run_dir: Path, name: str) -> list[tuple[str, str, Path]]:
     """(runtime, precision, path) of every artifact of one model that exists on disk."""
-    candidates = [("torch", "fp32", run_dir / "models" / f"{name}.pth"),
-                  ("onnxruntime", "fp32", onnx_path(run_dir, name)),
-                  ("onnxruntime", "int8", onnx_path(run_dir, name, "int8")),
-                  ("tensorrt", "fp16", engine_path(run_dir, name, "fp16")),
-                  ("tensorrt", "int8", engine_path(run_dir, name, "int8"))]
+    from .stages import BUILDS
+
+    candidates = [(rt, dt, artifact_path(run_dir, name, rt, dt))
+                  for rt, dt in (("torch", "fp32"), ("onnxruntime", "fp32"), *BUILDS)]
     return [c for c in candidates if c[2].is_file()]
 
 
@@ -81,7 +92,7 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
                 on_step(f"{name} {runtime} {precision}")
             try:
                 rt, info = open_runtime(path, threads=dep.threads)
-            except Exception as exc:  # e.g. an engine on a machine without TensorRT
+            except Exception as exc:  # e.g. an engine on a machine without TensorRT, an IR without OpenVINO
                 skipped.append({"model": name, "runtime": runtime, "dtype": precision, "reason": str(exc)})
                 continue
             if info.threshold is None and onnx_path(run_dir, name).is_file():
@@ -94,7 +105,8 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
             records.append({
                 "model": name, "method": prof.get("method"), "ratio": prof.get("ratio"),
                 "runtime": runtime, "dtype": precision, "artifact": str(path), "artifact_bytes": path.stat().st_size,
-                "device": getattr(rt, "device", "cpu") if runtime == "tensorrt" else platform.processor() or platform.machine(),
+                "device": getattr(rt, "device", "cpu") if runtime not in CPU_RUNTIMES + ("torch",) else
+                platform.processor() or platform.machine(),
                 "threads": dep.threads,
                 **{k: prof.get(k) for k in ("widths", "parameters", "macs", "param_reduction", "mac_reduction", "budget")},
                 **metrics, "threshold_source": info.threshold_source, "int8": info.metadata.get("int8"),
@@ -105,10 +117,7 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
     for runtime, reason in _unavailable().items():
         skipped.append({"runtime": runtime, "reason": reason})
     _add_predicted_latency(records, cfg)
-    base = {(r["runtime"], r["dtype"]): r["latency_ms_median"] for r in records if r["model"] == "baseline_best"}
-    for r in records:
-        ref = base.get((r["runtime"], r["dtype"]))
-        r["speedup_vs_baseline"] = ref / r["latency_ms_median"] if ref else None
+    _add_speedups(records)
     result = {"schema_version": SCHEMA_VERSION, "run": str(run_dir), "data": cfg.data.root, "split": "test",
               "input_size": [cfg.data.input_height, cfg.data.input_width], "profiling": str(profile_file),
               "libraries": library_versions(), "records": records, "skipped": skipped}
@@ -117,14 +126,27 @@ def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> d
     return result
 
 
-def pareto_front(records: list[dict], runtime: str | None = "onnxruntime") -> list[dict]:
+def _add_speedups(records: list[dict]) -> None:
+    """speedup_vs_baseline (same runtime and dtype) and speedup_vs_onnxruntime_fp32 (CPU runtimes
+    against the baseline as trained, in ONNX Runtime FP32: same machine, same threads)."""
+    base = {(r["runtime"], r["dtype"]): r["latency_ms_median"] for r in records if r["model"] == "baseline_best"}
+    trained = base.get(("onnxruntime", "fp32"))
+    for r in records:
+        ref = base.get((r["runtime"], r["dtype"]))
+        r["speedup_vs_baseline"] = ref / r["latency_ms_median"] if ref else None
+        cpu = r["runtime"] in CPU_RUNTIMES
+        r["speedup_vs_onnxruntime_fp32"] = trained / r["latency_ms_median"] if trained and cpu else None
+
+
+def pareto_front(records: list[dict], runtime: str | Sequence[str] | None = CPU_RUNTIMES) -> list[dict]:
     """The records no other beats on both test AP and batch-1 latency, fastest first.
 
-    `runtime` restricts the candidates (default: ONNX Runtime, the deployment target on a CPU);
-    with none of it present, every record competes.
+    `runtime` restricts the candidates (default: the CPU deployment runtimes, ONNX Runtime and
+    OpenVINO, timed side by side on the same machine); with none of them present, every record competes.
     """
+    allowed = (runtime,) if isinstance(runtime, str) else tuple(runtime or ())
     rows = [r for r in records if r.get("ap") is not None and r.get("latency_ms_median")]
-    rows = [r for r in rows if r["runtime"] == runtime] or rows
+    rows = [r for r in rows if r["runtime"] in allowed] or rows
     front, best = [], float("-inf")
     for r in sorted(rows, key=lambda r: (r["latency_ms_median"], -r["ap"])):
         if r["ap"] > best:
@@ -134,12 +156,15 @@ def pareto_front(records: list[dict], runtime: str | None = "onnxruntime") -> li
 
 
 def ship_rows(records: list[dict]) -> list[dict]:
-    """"Which model to ship": the baseline in the front's runtime, then the Pareto front (empty: nothing to rank)."""
+    """"Which model to ship": the baseline as trained (ONNX Runtime FP32, else the front's runtime
+    in FP32), then the Pareto front (empty: nothing to rank)."""
     front = pareto_front(records)
     if not front:
         return []
-    base = [r for r in records if r["model"] == "baseline_best" and r["runtime"] == front[0]["runtime"]]
-    return base + [r for r in front if r not in base]
+    bases = [r for r in records if r["model"] == "baseline_best"]
+    base = [r for r in bases if (r["runtime"], r["dtype"]) == ("onnxruntime", "fp32")] or \
+        [r for r in bases if r["runtime"] == front[0]["runtime"] and r["dtype"] == "fp32"]
+    return base[:1] + [r for r in front if r not in base[:1]]
 
 
 def _add_latency(records: list[dict], runtimes: list, sample, warmup: int, runs: int,
@@ -176,7 +201,8 @@ def _add_predicted_latency(records: list[dict], cfg: Config) -> None:
 
 
 def _unavailable() -> dict[str, str]:
+    from .runtimes.openvino_runtime import unavailable_reason as openvino_reason
     from .runtimes.tensorrt_runtime import unavailable_reason
 
-    reason = unavailable_reason()
-    return {"tensorrt": reason} if reason else {}
+    reasons = {"openvino": openvino_reason(), "tensorrt": unavailable_reason()}
+    return {k: v for k, v in reasons.items() if v}

@@ -17,10 +17,14 @@ from .pipeline import Step, StageUnavailable, config_sections
 from .pruning.methods import Method, get_method
 from .pruning.plan import Target
 from .pruning.workflow import PruneOutcome
+from .runtimes.base import CPU_RUNTIMES
 from .training import TrainResult, train
 
 
 EXPORT_METADATA = 2  # 2: the decision threshold joined the ONNX metadata (older exports redo)
+# What `run` builds from each verified ONNX file, in this order (OpenVINO INT8 after ONNX Runtime's:
+# that file is one of its candidates). Builds a machine cannot do are recorded as unavailable.
+BUILDS = (("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8"))
 REPORT_VERSION = 2  # raise when the page changes, so `run` rewrites old reports
 
 
@@ -150,6 +154,7 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     from . import deploy
     from .calibration import build_calibration_set, calibration_path, load_calibration
     from .results import RESULTS_FILE, evaluate_run
+    from .runtimes.openvino_runtime import unavailable_reason as openvino_reason
     from .runtimes.tensorrt_runtime import unavailable_reason
 
     run = cfg.run_dir
@@ -169,32 +174,42 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     calib = calibration_path(cfg)
     steps.append(Step("calibrate", lambda: build_calibration_set(cfg) and "", [data],
                       {**config_sections(cfg, "data"), **config_sections(cfg, "deploy")}, lambda: [calib]))
-    builds = [("onnxruntime", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
     search = {k: v for k, v in dataclasses.asdict(cfg.deploy).items() if k.startswith("int8_")}
-    for rt, dt in builds:
+    for rt, dt in BUILDS:
         for n in models:
             def run_build(rt=rt, dt=dt, n=n) -> str:
                 return _build(state, n, rt, dt, load_calibration(calib))
 
-            out = deploy.onnx_path(run, n, dt) if rt == "onnxruntime" else deploy.engine_path(run, n, dt)
-            on_val = rt == "onnxruntime" and dt == "int8"  # chosen on the validation split
-            steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, [deploy.onnx_path(run, n), calib, *([data] if on_val else [])],
+            out = deploy.artifact_path(run, n, rt, dt)
+            on_val = rt in CPU_RUNTIMES and dt == "int8"  # chosen on the validation split
+            inputs = [deploy.onnx_path(run, n), calib, *([data] if on_val else []),
+                      *([deploy.onnx_path(run, n, "int8")] if rt == "openvino" and on_val else [])]  # a candidate
+            steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, inputs,
                               {**search, **(config_sections(cfg, "data") if on_val else {})},
                               lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}", [out],
-                              gpu=rt == "tensorrt",
-                              unavailable=(lambda: unavailable_reason() or "") if rt == "tensorrt" else None))
-    artifacts = [p for n in models for p in (run / "models" / f"{n}.pth", deploy.onnx_path(run, n),
-                                             deploy.onnx_path(run, n, "int8"), deploy.engine_path(run, n, "fp16"),
-                                             deploy.engine_path(run, n, "int8"))]  # engines: "missing" without TensorRT
+                              gpu=rt == "tensorrt", unavailable=_unavailable_check(rt)))
+    artifacts = [deploy.artifact_path(run, n, rt, dt) for n in models
+                 for rt, dt in (("torch", "fp32"), ("onnxruntime", "fp32"), *BUILDS)]  # "missing" where not built
     results = run / RESULTS_FILE
     steps.append(Step("evaluate", lambda: _evaluate(state, evaluate_run), artifacts,
-                      {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None}, lambda: [results],
+                      {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None,
+                       **({"openvino": True} if openvino_reason() is None else {})}, lambda: [results],
                       gpu=True, exclusive=True))  # times every model: alone on its node
     steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
     steps.append(Step("report", lambda: _report(cfg), [results, run / "profiling_results.json", *_chart_files(run),
                                                         *_benchmark_files(run)],
                       {"config": cfg.to_dict(), "version": REPORT_VERSION}, lambda: [run / "report.html"]))
     return steps
+
+
+def _unavailable_check(runtime: str):
+    """For a build step: a function saying why `runtime` cannot build here ("" when it can), or None."""
+    if runtime not in ("openvino", "tensorrt"):
+        return None
+    from importlib import import_module
+
+    module = import_module(f".runtimes.{runtime}_runtime", __package__)
+    return lambda: module.unavailable_reason() or ""
 
 
 def record_command(cfg: Config, name: str, seconds: float, detail: str) -> bool:
@@ -352,15 +367,16 @@ def _export(state: RunState, name: str) -> str:
 
 def build_model(state: RunState, name: str, runtime: str, precision: str, calibration,
                 on_candidate=None) -> tuple[Path, dict | None]:
-    """Build one model's artifact; (path, the INT8 choice for ONNX Runtime INT8, else None)."""
-    from .deploy import build_artifact, onnx_info
+    """Build one model's artifact; (path, the INT8 choice for a CPU runtime's INT8, else None)."""
+    from .deploy import build_artifact, ir_info, onnx_info
     from .int8 import Int8Search
 
     search = Int8Search.from_config(state.cfg.deploy)
-    on_val = runtime == "onnxruntime" and precision == "int8"
+    on_val = runtime in CPU_RUNTIMES and precision == "int8"
     path = build_artifact(state.cfg.run_dir, name, runtime, precision, calibration, search,
                           state.sets[1] if on_val else None, on_candidate)
-    return path, onnx_info(path).metadata.get("int8") if on_val else None
+    info = ir_info(path) if path.suffix == ".xml" else onnx_info(path) if path.suffix == ".onnx" else None
+    return path, info.metadata.get("int8") if on_val and info else None
 
 
 def int8_line(choice: dict) -> str:
@@ -369,7 +385,9 @@ def int8_line(choice: dict) -> str:
     kept = "" if choice["within_tolerance"] else f" (none within {choice['tolerance']:.3f}: best val AP kept)"
     tried = choice["candidates"]
     exit_ = " (early exit)" if choice.get("early_exit") else ""
-    return (f"{choice['calibration']} calibration, FP32 layers: {fp32}; val AP {choice['val_ap']:.4f} vs FP32 "
+    how = {"nncf": "NNCF quantization", "qdq": "ONNX Runtime's QDQ file"}.get(choice["calibration"],
+                                                                             f"{choice['calibration']} calibration")
+    return (f"{how}, FP32 layers: {fp32}; val AP {choice['val_ap']:.4f} vs FP32 "
             f"{choice['val_ap_fp32']:.4f}{kept}; {len(tried)} candidate(s){exit_} in "
             f"{sum(c.get('seconds', 0.0) for c in tried):.0f} s")
 

@@ -37,7 +37,7 @@ def _evaluate_run(config: Path, set_: list[str] | None) -> None:
 
 @app.command()
 def evaluate(
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint (.pth), ONNX file (.onnx) or TensorRT engine.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Checkpoint (.pth), ONNX file (.onnx), OpenVINO IR (.xml) or TensorRT engine.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Evaluate every model x runtime of the run.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Data set root (default: the one it was trained on).")] = None,
     split: str = "test",
@@ -152,14 +152,15 @@ def calibrate(config: ConfigOpt, set_: SetOpt = None) -> None:
 @app.command()
 def build(
     config: ConfigOpt,
-    runtime: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="onnxruntime: fp32, int8; tensorrt: fp32, fp16, int8.")] = "fp32",
+    runtime: Annotated[str, typer.Option(help="onnxruntime, openvino or tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="onnxruntime, openvino: fp32, int8; tensorrt: fp32, fp16, int8.")] = "fp32",
     set_: SetOpt = None,
 ) -> None:
-    """Build a runtime artifact for every exported model (ONNX Runtime INT8: chosen on the validation split)."""
+    """Build a runtime artifact for every exported model (ONNX Runtime and OpenVINO INT8: chosen on the validation split)."""
+    from importlib import import_module
+
     from ..calibration import calibration_path, load_calibration
     from ..deploy import check_runtime, model_paths
-    from ..runtimes.tensorrt_runtime import unavailable_reason
     from ..stages import RunState, build_model, int8_line
 
     try:
@@ -169,8 +170,9 @@ def build(
         names = [p.stem for p in model_paths(state.cfg.run_dir)]
     except (*USER_ERRORS, ValueError) as exc:
         fail(exc)
-    if runtime == "tensorrt" and (reason := unavailable_reason()):
-        console.print(f"tensorrt skipped: {reason}", markup=False, highlight=False)
+    optional = runtime in ("openvino", "tensorrt") and import_module(f"..runtimes.{runtime}_runtime", __package__)
+    if optional and (reason := optional.unavailable_reason()):
+        console.print(f"{runtime} skipped: {reason}", markup=False, highlight=False)
         raise typer.Exit(3)
     with counter(f"building {runtime} {precision}") as bar:
         task = bar.add_task("", total=len(names))
@@ -178,7 +180,7 @@ def build(
             try:
                 path, choice = build_model(state, name, runtime, precision, calib,
                                            lambda what, name=name: bar.update(task, description=f"{name}: {what}"))
-            except (*USER_ERRORS, ValueError, RuntimeError) as exc:  # TensorRTUnavailable, a damaged ONNX file ...
+            except (*USER_ERRORS, ValueError, RuntimeError) as exc:  # a runtime unavailable, a damaged ONNX file ...
                 bar.stop()
                 fail(exc)
             bar.console.print(f"built {path}" + (f": {int8_line(choice)}" if choice else ""), markup=False, highlight=False)

@@ -48,8 +48,8 @@ def prune(
                            "in (0, 1); channels allocated globally. Model {method}_m{percent}.")] = None,
     target_latency_ms: Annotated[Optional[float], typer.Option("--target-latency-ms", help="Batch-1 ms on --runtime "
                                  "(from the run's latency table). Model {method}_t{ms}ms.")] = None,
-    runtime: Annotated[str, typer.Option(help="Latency target's runtime: onnxruntime or tensorrt.")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="Latency target's precision: fp32, int8 (onnxruntime); fp16, int8 (tensorrt).")] = "fp32",
+    runtime: Annotated[str, typer.Option(help="Latency target's runtime: onnxruntime, openvino or tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="Latency target's precision: fp32, int8 (onnxruntime, openvino); fp16, int8 (tensorrt).")] = "fp32",
     all_: Annotated[bool, typer.Option("--all", help="The config's sweep: prune.methods x ratios, budget_methods x targets.")] = False,
     finetune_epochs: Annotated[Optional[int], typer.Option(min=0, help="Default: prune.finetune_epochs; 0 = pruned only.")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Baseline (default RUN/models/baseline_best.pth).")] = None,
@@ -113,8 +113,8 @@ def _plan_line(plan: dict) -> str:
 @app.command("latency-table")
 def latency_table(
     config: ConfigOpt,
-    runtime: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="onnxruntime: fp32, int8; tensorrt: fp16, int8.")] = "fp32",
+    runtime: Annotated[str, typer.Option(help="onnxruntime, openvino or tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="onnxruntime, openvino: fp32, int8; tensorrt: fp16, int8.")] = "fp32",
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads (default deploy.threads).")] = None,
     set_: SetOpt = None,
 ) -> None:

@@ -14,7 +14,7 @@ from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files (png, jpg, bmp, tif) and/or folders of them.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pth), ONNX file (FP32 or INT8) or TensorRT engine.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pth), ONNX file (FP32 or INT8), OpenVINO IR (.xml) or TensorRT engine.")],
     out: Annotated[Path, typer.Option(help="Folder for predictions.csv (and overlays/).")] = Path("predictions"),
     threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Decision threshold (default: the "
                          "model's validation best-F1 threshold).")] = None,

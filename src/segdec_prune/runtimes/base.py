@@ -7,7 +7,9 @@ from typing import Protocol
 import numpy as np
 
 # What a build can target: runtime -> precisions.
-RUNTIMES = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+RUNTIMES = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+# Runtimes whose files are built on the CPU and timed there, beside each other (the ship table picks among them).
+CPU_RUNTIMES = ("onnxruntime", "openvino")
 # INT8 activation calibration methods (ONNX Runtime's quantization offers these).
 INT8_CALIBRATIONS = ("minmax", "entropy", "percentile")
 # Layers INT8 may keep in FP32, by the weight-name prefixes PyTorch gave them (they survive export).

@@ -3,7 +3,8 @@
     python predict_onnx.py model.onnx IMAGE_OR_FOLDER... [--out predictions.csv] [--threshold T] [--threads N]
 
 The model file carries its input spec and decision threshold (ONNX metadata, written by
-segdec-prune); preprocessing is the training one: OpenCV read (BGR, or grayscale for 1-channel
+segdec-prune; predict_openvino.py reads the same from an OpenVINO IR and reuses this file's
+`main` with its own loader); preprocessing is the training one: OpenCV read (BGR, or grayscale for 1-channel
 models), resize to the input size (bilinear), scale, NCHW float32. Scores are sigmoid(decision
 logit); an image is defective when its score >= the threshold. Unreadable images are reported
 on stderr and skipped (exit code 1).
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -33,8 +33,21 @@ def images(inputs):
             sys.exit(f"error: input not found: {p}")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_onnx(path, threads):
+    """(decision logits of a [1,C,H,W] batch, the model's segdec_prune metadata as JSON strings)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    prefix = "segdec_prune."
+    return (lambda x: session.run(["decision"], {"image": x})[0]), \
+        {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)}
+
+
+def main(load=load_onnx, description=__doc__.splitlines()[0]):
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("model")
     ap.add_argument("inputs", nargs="+")
     ap.add_argument("--out", default="predictions.csv")
@@ -42,12 +55,11 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    spec = json.loads(meta["segdec_prune.input_spec"])
-    stored = json.loads(meta.get("segdec_prune.threshold", "null"))
+    decision, meta = load(args.model, args.threads)
+    if "input_spec" not in meta:
+        sys.exit(f"error: {args.model} was not written by segdec-prune (no input spec in it)")
+    spec = json.loads(meta["input_spec"])
+    stored = json.loads(meta.get("threshold", "null"))
     threshold = args.threshold if args.threshold is not None else (stored["value"] if stored else 0.5)
     flag = cv2.IMREAD_COLOR if spec["channels"] == 3 else cv2.IMREAD_GRAYSCALE
     rows, skipped = [], 0
@@ -61,7 +73,7 @@ def main():
         x = x[:, :, None] if x.ndim == 2 else x
         x = x.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(spec["scale"])
         t0 = time.perf_counter()
-        logit = session.run(["decision"], {"image": x})[0][0, 0]
+        logit = decision(x)[0, 0]
         ms = (time.perf_counter() - t0) * 1e3
         score = 1.0 / (1.0 + np.exp(-np.clip(float(logit), -80, 80)))
         rows.append([str(path), f"{score:.6f}", "yes" if score >= threshold else "no", f"{threshold:.6f}", f"{ms:.2f}"])
