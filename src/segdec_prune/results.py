@@ -169,13 +169,15 @@ def ship_rows(records: list[dict]) -> list[dict]:
 
 def _add_latency(records: list[dict], runtimes: list, sample, warmup: int, runs: int,
                  on_step: Callable[[str], None] | None) -> None:
-    """Latency of all models of one runtime and dtype, interleaved, so their ratios are like for like."""
-    groups: dict[tuple[str, str], list[int]] = {}
+    """Latency of every model x runtime of one device, interleaved (all CPU runtimes together; a GPU
+    runtime on its own), so the ratios between models and between runtimes are like for like."""
+    groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
-        groups.setdefault((r["runtime"], r["dtype"]), []).append(i)
-    for (runtime, dtype), idx in groups.items():
+        on_cpu = r["runtime"] in CPU_RUNTIMES or str(getattr(runtimes[i], "device", "cpu")) == "cpu"
+        groups.setdefault("cpu" if on_cpu else r["runtime"], []).append(i)
+    for device, idx in groups.items():
         if on_step:
-            on_step(f"latency {runtime} {dtype} ({len(idx)} models, interleaved)")
+            on_step(f"latency {device} ({len(idx)} model x runtime records, interleaved)")
         rts = [runtimes[i] for i in idx]
         summaries = interleaved_latency(rts, sample, warmup, runs, syncs=[getattr(rt, "sync", None) for rt in rts])
         for i, summary in zip(idx, summaries):
