@@ -140,16 +140,26 @@ def test_latency_table_errors(tmp_path):
         lt.table_key("onnxruntime", "fp16", 1, 3, *SIZE, Widths(), False)
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_openvino_latency_tables_time_networks_in_openvino(precision):
-    from segdec_prune.runtimes.openvino_runtime import unavailable_reason
+def test_latency_tables_time_blocks_and_networks_in_their_runtime(runtime, precision, tmp_path):
+    """A block graph (batch 1, as the table exports it) and a whole network, in each CPU runtime
+    and precision (INT8 blocks once failed: calibrated with a batch of 4)."""
+    import torch
 
-    if reason := unavailable_reason():
-        pytest.skip(f"OpenVINO unusable here: {reason}")
-    import openvino
+    if runtime == "openvino":
+        from segdec_prune.runtimes.openvino_runtime import unavailable_reason
 
-    key = lt.table_key("openvino", precision, 1, 3, *SIZE, Widths(), False)
-    assert key["version"] == openvino.__version__ and key["runtime"] == "openvino"
+        if reason := unavailable_reason():
+            pytest.skip(f"OpenVINO unusable here: {reason}")
+        import openvino
+
+        assert lt.table_key(runtime, precision, 1, 3, *SIZE, Widths(), False)["version"] == openvino.__version__
+    key = lt.table_key(runtime, precision, 1, 3, *SIZE, Widths(), False)
+    block = lt.block_shapes(Widths(), 3, *SIZE, False)[1]
+    proto = lt.export_module(lt.block_module(block, 8, 8), torch.rand(1, 8, block.height, block.width))
+    x = np.random.default_rng(0).random((1, 8, block.height, block.width), dtype=np.float32)
+    assert lt._timer(key, tmp_path)(proto, x)(3) > 0
     small = Widths((8, 16, 16, 16, 16, 16, 16, 16, 64), (8, 16, 32))
     assert lt.measure_widths(key, small, rounds=1) > 0
 

@@ -231,7 +231,7 @@ def _timer(key: dict, folder: Path) -> Callable[[onnx.ModelProto, np.ndarray], C
         if precision == "int8":
             from .runtimes.onnxruntime_runtime import quantize_int8
 
-            calib = np.random.default_rng(0).random((4, *sample.shape[1:]), dtype=np.float32)
+            calib = np.random.default_rng(0).random((1, *sample.shape[1:]), dtype=np.float32)  # blocks: batch 1 only
             path = quantize_int8(path, path.with_name(f"{path.stem}_int8.onnx"), calib, for_tensorrt=runtime == "tensorrt")
         if runtime in ("onnxruntime", "openvino"):  # OpenVINO INT8: it reads the QDQ file
             return import_module(f".runtimes.{runtime}_runtime", __package__).latency_timer(path, sample, threads, WARMUP)
