@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 if ! command -v segdec-prune >/dev/null 2>&1; then
-  echo "segdec-prune is not installed: pip install torch==2.13.0 && pip install -e ." >&2
+  echo "segdec-prune is not installed: pip install torch==2.13.0 && pip install -e '.[openvino]'" >&2
   exit 1
 fi
 config="${1:-}"
