@@ -262,6 +262,22 @@ def test_openvino_fp32_equals_onnxruntime_and_carries_the_metadata(shipped, tmp_
 
 
 @needs_openvino
+def test_an_openvino_fp32_build_that_differs_from_onnxruntime_is_not_written(shipped, tmp_path, monkeypatch):
+    import segdec_prune.deploy as deploy
+    from segdec_prune.export import ExportCheckError
+
+    _, run = shipped
+    copy = tmp_path / "s"
+    shutil.copytree(run, copy)
+    (copy / "openvino" / "naive_l1_r50_fp32.xml").unlink()
+    monkeypatch.setattr(deploy, "OPENVINO_ATOL", 0.0)  # any difference at all now fails the check
+    with pytest.raises(ExportCheckError, match="OpenVINO FP32 differs from ONNX Runtime by up to"):
+        deploy.build_artifact(copy, "naive_l1_r50", "openvino", "fp32", None)
+    assert not (copy / "openvino" / "naive_l1_r50_fp32.xml").exists()
+    assert not [p for p in (copy / "openvino").iterdir() if p.name.startswith(".")]
+
+
+@needs_openvino
 def test_openvino_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
     import segdec_prune.int8 as int8
     from segdec_prune.calibration import calibration_path, load_calibration
