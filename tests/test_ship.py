@@ -147,7 +147,9 @@ def test_bundle_replaces_an_old_bundle_but_not_other_folders(shipped, tmp_path):
     assert r.exit_code == 2 and "no FP32 ONNX file" in text and "naive_l1_r50" in text
 
 
-def test_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
+def _build_watching_datasets(shipped, monkeypatch, runtime):
+    """Build naive_l1_r50's INT8 for `runtime`, recording the image ids of every data set the search
+    predicts on; (path, choice, the ids seen per pass, validation ids, test ids)."""
     import segdec_prune.int8 as int8
     from segdec_prune.calibration import calibration_path, load_calibration
     from segdec_prune.data.ksdd2 import scan_split
@@ -161,7 +163,12 @@ def test_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
     seen = []
     real = int8.predict
     monkeypatch.setattr(int8, "predict", lambda rt, ds, **kw: seen.append({s["id"] for s in ds.samples}) or real(rt, ds, **kw))
-    _, choice = build_model(state, "naive_l1_r50", "onnxruntime", "int8", load_calibration(calibration_path(config)))
+    path, choice = build_model(state, "naive_l1_r50", runtime, "int8", load_calibration(calibration_path(config)))
+    return path, choice, seen, val_ids, test_ids
+
+
+def test_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
+    _, choice, seen, val_ids, test_ids = _build_watching_datasets(shipped, monkeypatch, "onnxruntime")
     assert len(seen) == 1 + len(choice["candidates"]) == 1 + 2 + 1  # FP32, 2 calibrations, 1 FP32 layer group
     assert all(ids == val_ids for ids in seen) and not val_ids & test_ids
     assert choice["val_images"] == len(val_ids) and {c["calibration"] for c in choice["candidates"]} == {"minmax", "percentile"}
@@ -279,20 +286,7 @@ def test_an_openvino_fp32_build_that_differs_from_onnxruntime_is_not_written(shi
 
 @needs_openvino
 def test_openvino_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
-    import segdec_prune.int8 as int8
-    from segdec_prune.calibration import calibration_path, load_calibration
-    from segdec_prune.data.ksdd2 import scan_split
-    from segdec_prune.stages import RunState, build_model
-
-    cfg, _ = shipped
-    config = load_config(cfg)
-    state = RunState(config)
-    val_ids = {s["id"] for s in state.sets[1].samples}
-    test_ids = {r.id for r in scan_split(config.data.root, "test")}
-    seen = []
-    real = int8.predict
-    monkeypatch.setattr(int8, "predict", lambda rt, ds, **kw: seen.append({s["id"] for s in ds.samples}) or real(rt, ds, **kw))
-    path, choice = build_model(state, "naive_l1_r50", "openvino", "int8", load_calibration(calibration_path(config)))
+    path, choice, seen, val_ids, test_ids = _build_watching_datasets(shipped, monkeypatch, "openvino")
     tried = [(c["calibration"], c["fp32_layers"]) for c in choice["candidates"]]
     assert tried == [("qdq", []), ("nncf", []), ("nncf", ["first_conv"])]  # the full search of the config
     assert len(seen) == 1 + 3 and all(ids == val_ids for ids in seen) and not val_ids & test_ids

@@ -108,8 +108,12 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
 
 def onnx_info(path: str | Path) -> ModelInfo:
     """What export (and the INT8 build) recorded in the ONNX metadata."""
-    props = {p.key[len(PREFIX):]: p.value for p in load_onnx(path).metadata_props if p.key.startswith(PREFIX)}
-    return _info(path, props)
+    return _info(path, _props(path))
+
+
+def _props(path: str | Path) -> dict[str, str]:
+    """Our ONNX metadata entries, without the key prefix."""
+    return {p.key[len(PREFIX):]: p.value for p in load_onnx(path).metadata_props if p.key.startswith(PREFIX)}
 
 
 def _info(path: str | Path, props: dict[str, str]) -> ModelInfo:
@@ -203,7 +207,7 @@ def build_openvino(run_dir: Path, name: str, precision: str, calibration: np.nda
     if reason := unavailable_reason():
         raise OpenVinoUnavailable(f"openvino skipped: {reason}")
     fp32 = onnx_path(run_dir, name)
-    props = {p.key[len(PREFIX):]: p.value for p in load_onnx(fp32).metadata_props if p.key.startswith(PREFIX)}
+    props = _props(fp32)
     model = convert(fp32)
     if precision == "int8":
         from .int8 import choose_openvino_int8
@@ -213,7 +217,7 @@ def build_openvino(run_dir: Path, name: str, precision: str, calibration: np.nda
         model, choice, threshold = choose_openvino_int8(model, calibration, validation, onnx_path(run_dir, name, "int8"),
                                                         search, on_candidate)
         props.update(threshold=json.dumps(threshold.to_dict()), int8=json.dumps(choice.to_dict()))
-    elif (diff := _openvino_diff(model, fp32)) > OPENVINO_ATOL:  # FP32: the same network as the verified ONNX file
+    elif (diff := _openvino_diff(model, fp32, _info(fp32, props))) > OPENVINO_ATOL:  # FP32: the same network as the verified ONNX file
         raise ExportCheckError(f"{name}: OpenVINO FP32 differs from ONNX Runtime by up to {diff:.2e} "
                                f"(tolerance {OPENVINO_ATOL:g}); not written")
     out = save_ir(model, openvino_path(run_dir, name, precision), props)
@@ -224,13 +228,12 @@ def build_openvino(run_dir: Path, name: str, precision: str, calibration: np.nda
 OPENVINO_ATOL = 1e-4  # FP32 vs FP32: only kernel order differs (measured on the demo: 4e-6 to 4e-5)
 
 
-def _openvino_diff(model, fp32: Path) -> float:
+def _openvino_diff(model, fp32: Path, info: ModelInfo) -> float:
     """Max |OpenVINO - ONNX Runtime| over both outputs on the export check's images (random ones
     when the model's data folder is not on this machine)."""
     from .runtimes.onnxruntime_runtime import OnnxRuntime
     from .runtimes.openvino_runtime import OpenVinoRuntime
 
-    info = onnx_info(fp32)
     try:
         images = check_images(info.data_root, info.spec)
     except Exception:  # the data moved or is not here: numerics do not need real images

@@ -91,12 +91,14 @@ def _pick(rows: list[dict], ref_ap: float, tolerance: float) -> dict:
 
 def _search(order: Callable[[list[dict], float], Iterator[tuple[str, tuple[str, ...]]]],
             build: Callable[[str, tuple[str, ...]], tuple[Any, Any]], validation: KSDD2Dataset, ref: np.ndarray,
-            search: Int8Search, on_candidate: Callable[[str], None] | None) -> tuple[list[dict], dict, bool]:
+            search: Int8Search, on_candidate: Callable[[str], None] | None) -> tuple[Any, Int8Choice, Threshold]:
     """Score candidates in `order` (which sees the rows so far and FP32's validation AP) on the
-    validation split; `build` makes one: (runtime to score, artifact to keep).
-    Returns (rows, chosen row, whether it stopped early)."""
-    ref_ap = classification_metrics(validation.labels, ref)["ap"]
+    validation split; `build` makes one: (runtime to score, artifact to keep). `ref`: the FP32
+    model's validation scores. Returns (the chosen artifact, the choice, its own threshold)."""
+    labels = validation.labels
+    ref_ap = classification_metrics(labels, ref)["ap"]
     rows: list[dict] = []
+    chosen, stopped = None, False
     for method, groups in order(rows, ref_ap):
         t0 = time.perf_counter()
         if on_candidate:
@@ -104,23 +106,18 @@ def _search(order: Callable[[list[dict], float], Iterator[tuple[str, tuple[str, 
         runtime, artifact = build(method, groups)
         preds = predict(runtime, validation, batch_size=8)
         rows.append({"calibration": method, "fp32_layers": list(groups),
-                     "val_ap": classification_metrics(validation.labels, preds.scores)["ap"],
+                     "val_ap": classification_metrics(labels, preds.scores)["ap"],
                      "logit_error": float(np.mean(np.abs(_logits(preds.scores) - _logits(ref)))),
                      "seconds": time.perf_counter() - t0, "artifact": artifact, "scores": preds.scores})
         if search.early_exit and rows[-1]["val_ap"] >= ref_ap - search.tolerance:
-            return rows, rows[-1], True
-    return rows, _pick(rows, ref_ap, search.tolerance), False
-
-
-def _choice(rows: list[dict], chosen: dict, stopped: bool, ref: np.ndarray, validation: KSDD2Dataset,
-            search: Int8Search) -> tuple[Int8Choice, Threshold]:
-    labels = validation.labels
-    ref_ap = classification_metrics(labels, ref)["ap"]
+            chosen, stopped = rows[-1], True
+            break
+    chosen = chosen or _pick(rows, ref_ap, search.tolerance)
     m = classification_metrics(labels, chosen["scores"])
     choice = Int8Choice(chosen["calibration"], chosen["fp32_layers"], chosen["val_ap"], ref_ap, chosen["logit_error"],
                         chosen["val_ap"] >= ref_ap - search.tolerance, search.tolerance, len(labels),
                         [{k: v for k, v in r.items() if k not in ("artifact", "scores")} for r in rows], stopped)
-    return choice, Threshold(m["best_threshold"], "validation best-F1 (INT8 model)", m["best_f1"])
+    return chosen["artifact"], choice, Threshold(m["best_threshold"], "validation best-F1 (INT8 model)", m["best_f1"])
 
 
 def _then_fp32_groups(first: Sequence[str], search: Int8Search, base: str | None = None) -> Callable:
@@ -157,10 +154,9 @@ def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Datas
                                      cache=tmp / f"{method}.json")
             return OnnxRuntime(path, threads=threads, precision="int8"), path
 
-        rows, chosen, stopped = _search(_then_fp32_groups(search.calibrations, search), build, validation, ref,
-                                        search, on_candidate)
-        model = onnx.load(str(chosen["artifact"]))
-    return (model, *_choice(rows, chosen, stopped, ref, validation, search))
+        path, choice, threshold = _search(_then_fp32_groups(search.calibrations, search), build, validation, ref,
+                                          search, on_candidate)
+        return onnx.load(str(path)), choice, threshold
 
 
 def choose_openvino_int8(fp32_model, calibration: np.ndarray, validation: KSDD2Dataset, qdq_path: Path | None,
@@ -187,6 +183,4 @@ def choose_openvino_int8(fp32_model, calibration: np.ndarray, validation: KSDD2D
         return OpenVinoRuntime(model, threads, "int8"), model
 
     first = [*(["qdq"] if qdq_path is not None and Path(qdq_path).is_file() else []), "nncf"]
-    rows, chosen, stopped = _search(_then_fp32_groups(first, search, base="nncf"), build, validation, ref, search,
-                                    on_candidate)
-    return (chosen["artifact"], *_choice(rows, chosen, stopped, ref, validation, search))
+    return _search(_then_fp32_groups(first, search, base="nncf"), build, validation, ref, search, on_candidate)

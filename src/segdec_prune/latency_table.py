@@ -38,7 +38,7 @@ from torch import nn
 from .artifacts import write_json
 from .export import export_module, export_onnx
 from .model import BlockShape, SegDecNet, Widths, block_shapes, conv_block
-from .runtimes.base import RUNTIMES
+from .runtimes.base import RUNTIMES, unavailable_reason
 
 if TYPE_CHECKING:
     from .config import Config
@@ -137,10 +137,8 @@ def table_key(runtime: str, precision: str, threads: int, in_channels: int, heig
         raise LatencyTableError(f"unknown runtime {runtime!r}; latency tables exist for {', '.join(RUNTIMES)}")
     if precision not in RUNTIMES[runtime]:
         raise LatencyTableError(f"{runtime} runs {', '.join(RUNTIMES[runtime])}, not {precision!r}")
-    if runtime in ("tensorrt", "openvino"):
-        module = import_module(f".runtimes.{runtime}_runtime", __package__)
-        if reason := module.unavailable_reason():
-            raise LatencyTableError(f"{runtime} latency table: {reason}")
+    if reason := unavailable_reason(runtime):
+        raise LatencyTableError(f"{runtime} latency table: {reason}")
     return {"format": FORMAT, "runtime": runtime, "version": runtime_version(runtime), "precision": precision,
             "threads": threads, "in_channels": in_channels, "height": height, "width": width,
             "widths": widths.to_dict(), "include_extractor": include_extractor, "device": device_name(runtime),

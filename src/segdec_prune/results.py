@@ -203,8 +203,7 @@ def _add_predicted_latency(records: list[dict], cfg: Config) -> None:
 
 
 def _unavailable() -> dict[str, str]:
-    from .runtimes.openvino_runtime import unavailable_reason as openvino_reason
-    from .runtimes.tensorrt_runtime import unavailable_reason
+    from .runtimes.base import OPTIONAL_RUNTIMES, unavailable_reason
 
-    reasons = {"openvino": openvino_reason(), "tensorrt": unavailable_reason()}
+    reasons = {rt: unavailable_reason(rt) for rt in OPTIONAL_RUNTIMES}
     return {k: v for k, v in reasons.items() if v}

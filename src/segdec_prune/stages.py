@@ -17,7 +17,7 @@ from .pipeline import Step, StageUnavailable, config_sections
 from .pruning.methods import Method, get_method
 from .pruning.plan import Target
 from .pruning.workflow import PruneOutcome
-from .runtimes.base import CPU_RUNTIMES
+from .runtimes.base import CPU_RUNTIMES, unavailable_reason
 from .training import TrainResult, train
 
 
@@ -154,8 +154,6 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     from . import deploy
     from .calibration import build_calibration_set, calibration_path, load_calibration
     from .results import RESULTS_FILE, evaluate_run
-    from .runtimes.openvino_runtime import unavailable_reason as openvino_reason
-    from .runtimes.tensorrt_runtime import unavailable_reason
 
     run = cfg.run_dir
     data = Path(cfg.data.root)
@@ -187,29 +185,19 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
             steps.append(Step(f"build:{rt}-{dt}:{n}", run_build, inputs,
                               {**search, **(config_sections(cfg, "data") if on_val else {})},
                               lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}", [out],
-                              gpu=rt == "tensorrt", unavailable=_unavailable_check(rt)))
+                              gpu=rt == "tensorrt", unavailable=lambda rt=rt: unavailable_reason(rt) or ""))
     artifacts = [deploy.artifact_path(run, n, rt, dt) for n in models
                  for rt, dt in (("torch", "fp32"), ("onnxruntime", "fp32"), *BUILDS)]  # "missing" where not built
     results = run / RESULTS_FILE
     steps.append(Step("evaluate", lambda: _evaluate(state, evaluate_run), artifacts,
-                      {**config_sections(cfg, "deploy"), "trt": unavailable_reason() is None,
-                       **({"openvino": True} if openvino_reason() is None else {})}, lambda: [results],
+                      {**config_sections(cfg, "deploy"), "trt": unavailable_reason("tensorrt") is None,
+                       **({"openvino": True} if unavailable_reason("openvino") is None else {})}, lambda: [results],
                       gpu=True, exclusive=True))  # times every model: alone on its node
     steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
     steps.append(Step("report", lambda: _report(cfg), [results, run / "profiling_results.json", *_chart_files(run),
                                                         *_benchmark_files(run)],
                       {"config": cfg.to_dict(), "version": REPORT_VERSION}, lambda: [run / "report.html"]))
     return steps
-
-
-def _unavailable_check(runtime: str):
-    """For a build step: a function saying why `runtime` cannot build here ("" when it can), or None."""
-    if runtime not in ("openvino", "tensorrt"):
-        return None
-    from importlib import import_module
-
-    module = import_module(f".runtimes.{runtime}_runtime", __package__)
-    return lambda: module.unavailable_reason() or ""
 
 
 def record_command(cfg: Config, name: str, seconds: float, detail: str) -> bool:

@@ -157,10 +157,9 @@ def build(
     set_: SetOpt = None,
 ) -> None:
     """Build a runtime artifact for every exported model (ONNX Runtime and OpenVINO INT8: chosen on the validation split)."""
-    from importlib import import_module
-
     from ..calibration import calibration_path, load_calibration
     from ..deploy import check_runtime, model_paths
+    from ..runtimes.base import unavailable_reason
     from ..stages import RunState, build_model, int8_line
 
     try:
@@ -170,8 +169,7 @@ def build(
         names = [p.stem for p in model_paths(state.cfg.run_dir)]
     except (*USER_ERRORS, ValueError) as exc:
         fail(exc)
-    optional = runtime in ("openvino", "tensorrt") and import_module(f"..runtimes.{runtime}_runtime", __package__)
-    if optional and (reason := optional.unavailable_reason()):
+    if reason := unavailable_reason(runtime):
         console.print(f"{runtime} skipped: {reason}", markup=False, highlight=False)
         raise typer.Exit(3)
     with counter(f"building {runtime} {precision}") as bar:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Protocol
 
 import numpy as np
@@ -10,10 +11,20 @@ import numpy as np
 RUNTIMES = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
 # Runtimes whose files are built on the CPU and timed there, beside each other (the ship table picks among them).
 CPU_RUNTIMES = ("onnxruntime", "openvino")
+# Runtimes that may be missing here (an extra not installed, no GPU); each module says why in `unavailable_reason()`.
+OPTIONAL_RUNTIMES = ("openvino", "tensorrt")
 # INT8 activation calibration methods (ONNX Runtime's quantization offers these).
 INT8_CALIBRATIONS = ("minmax", "entropy", "percentile")
 # Layers INT8 may keep in FP32, by the weight-name prefixes PyTorch gave them (they survive export).
 FP32_GROUPS = {"first_conv": ("volume.0.",), "seg_head": ("seg_mask.",), "decision_head": ("extractor.",)}
+
+
+def unavailable_reason(runtime: str) -> str | None:
+    """Why `runtime` cannot run on this machine, or None when it can (ONNX Runtime and torch always can).
+    Imports only the runtime's own module, which itself imports its library lazily."""
+    if runtime not in OPTIONAL_RUNTIMES:
+        return None
+    return import_module(f"{__package__}.{runtime}_runtime").unavailable_reason()
 
 
 class Runtime(Protocol):
