@@ -86,3 +86,24 @@ def test_ship_rows_start_from_the_baseline_as_trained():
     rows = ship_rows(records)
     assert [(r["model"], r["runtime"], r["dtype"]) for r in rows] == [("baseline_best", "onnxruntime", "fp32"),
                                                                       ("m20", "openvino", "int8")]
+
+
+def test_the_ship_table_keeps_every_name_and_figure_on_an_80_column_console():
+    import io
+
+    from rich.console import Console
+
+    from segdec_prune.tables import ship_table, show
+
+    def rec(model, runtime, dtype, ms, ap):
+        return {"model": model, "runtime": runtime, "dtype": dtype, "latency_ms_median": ms, "ap": ap, "f1": 0.8125,
+                "fp_at_threshold": 12, "fn_at_threshold": 30, "speedup_vs_baseline": 1.5,
+                "speedup_vs_onnxruntime_fp32": 40 / ms, "mac_reduction": 0.834}
+
+    out = io.StringIO()  # what piped output and CI get: rich's 80 columns, which used to cut names to "naive_l1_t1…"
+    show(Console(file=out, width=80), ship_table([rec("baseline_best", "onnxruntime", "fp32", 40, 0.90),
+                                                  rec("naive_l1_t17p25ms", "openvino", "int8", 3.25, 0.91)]))
+    text = out.getvalue()
+    for figure in ("baseline_best", "naive_l1_t17p25ms", "ov int8", "0.910", "0.812", "12/30", "3.2", "12.3x", "83%"):
+        assert figure in text, (figure, text)
+    assert "…" not in text

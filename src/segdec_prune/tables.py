@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from rich import box
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Column, Table
 
 from .results import ship_rows
@@ -31,8 +33,20 @@ def records_table(records: list[dict], title: str, full: bool = True) -> Table:
                   *(Column(k, no_wrap=True, justify="right") for k in cols), title=title, box=box.SIMPLE_HEAD)
     for r in records:
         runtime = f"{r['runtime']} {r['dtype']}"
-        table.add_row(r["model"], runtime if full else runtime.replace("onnxruntime", "ort"), *(f(r) for f in cols.values()))
+        short = runtime.replace("onnxruntime", "ort").replace("openvino", "ov")
+        table.add_row(r["model"], runtime if full else short, *(f(r) for f in cols.values()))
     return table
+
+
+def show(console: Console, table: Table) -> None:
+    """Print `table` at its natural width even where the console is narrower (80 columns when
+    piped or under CI): rich would otherwise cut model names and numbers to "0.…"; a long line
+    that the terminal wraps still shows every figure."""
+    width = Measurement.get(console, console.options.update(width=1000), table).maximum
+    if width <= console.width:
+        return console.print(table)
+    Console(file=console.file, width=width, color_system=console.color_system,
+            force_terminal=console.is_terminal).print(table)
 
 
 def ship_table(records: list[dict]) -> Table | None:

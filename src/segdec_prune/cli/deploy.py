@@ -18,7 +18,7 @@ from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail
 
 def _evaluate_run(config: Path, set_: list[str] | None) -> None:
     from ..results import RESULTS_FILE, evaluate_run
-    from ..tables import records_table
+    from ..tables import records_table, show
     from ..training import new_progress
 
     try:
@@ -28,7 +28,7 @@ def _evaluate_run(config: Path, set_: list[str] | None) -> None:
             result = evaluate_run(cfg, lambda step: bar.update(task, advance=1, info=step))
     except (*USER_ERRORS, ValueError) as exc:
         fail(exc)
-    console.print(records_table(result["records"], f"test set, {cfg.deploy.threads} threads; F1, FP/FN at each model's "
+    show(console, records_table(result["records"], f"test set, {cfg.deploy.threads} threads; F1, FP/FN at each model's "
                                 "validation threshold; F1 test-opt. at the test split's own best threshold (optimistic)"))
     for s in result["skipped"]:
         console.print(f"skipped {s.get('model', '')} {s['runtime']}: {s['reason']}", markup=False, highlight=False)

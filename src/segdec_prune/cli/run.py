@@ -46,7 +46,7 @@ def run(
     from ..pipeline import Manifest, execute, machine
     from ..results import RESULTS_FILE, library_versions
     from ..stages import RunState, plan
-    from ..tables import ship_table
+    from ..tables import ship_table, show
     from ..training import new_progress
 
     try:
@@ -130,7 +130,7 @@ def run(
         console.print(f"unavailable here: {reason}", markup=False, highlight=False)
     results = cfg.run_dir / RESULTS_FILE
     if results.is_file() and (table := ship_table(json.loads(results.read_text())["records"])):
-        console.print(table)
+        show(console, table)
     console.print(f"results: {results}\ncharts:  {cfg.run_dir / 'charts'}\n"
                   f"manifest: {cfg.run_dir / 'manifest.json'}\nreport:  {cfg.run_dir / 'report.html'}")
 
