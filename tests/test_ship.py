@@ -30,41 +30,6 @@ def _invoke(*args: str):
     return r, r.output.replace("\n", "")  # the console wraps long lines
 
 
-@pytest.fixture(scope="module")
-def shipped(tiny_synth, tmp_path_factory):
-    """A run with a trained baseline and one pruned model, exported, calibrated, INT8 built (and
-    OpenVINO FP32 and INT8, where it is installed)."""
-    tmp = tmp_path_factory.mktemp("ship")
-    cfg = tmp / "tiny.toml"
-    cfg.write_text(
-        f'[data]\nroot = "{tiny_synth}"\ninput_height = 128\ninput_width = 64\nval_fraction = 0.3\n'
-        '[train]\nepochs = 2\nbatch_size = 2\nvalidate_every = 1\ndevice = "cpu"\n'
-        '[prune]\nfinetune_epochs = 1\ncalibration_batches = 2\n'
-        '[deploy]\ncalibration_images = 8\nint8_calibrations = ["minmax", "percentile"]\n'
-        'int8_fp32_candidates = ["first_conv"]\nint8_early_exit = false\n'  # the full search: every candidate
-        f'[run]\nname = "s"\ndir = "{tmp / "runs"}"\n'
-    )
-    openvino = [["build", "--runtime", "openvino", "--precision", p] for p in ("fp32", "int8")] if OPENVINO else []
-    for args in (["train", "--quiet"], ["prune", "--method", "naive_l1", "--ratio", "0.5"], ["export"], ["calibrate"],
-                 ["build", "--precision", "int8"], *openvino):
-        r = runner.invoke(app, [args[0], "--config", str(cfg), *args[1:]])
-        assert r.exit_code == 0, (args, r.output)
-    return cfg, tmp / "runs" / "s"
-
-
-@pytest.fixture
-def images(tiny_synth, tmp_path):
-    """A folder of test images at their native sizes (one resized), plus one corrupt file."""
-    folder = tmp_path / "new"
-    folder.mkdir()
-    src = sorted(p for p in (tiny_synth / "test").glob("*.png") if not p.stem.endswith("_GT"))[:5]
-    for p in src:
-        (folder / p.name).write_bytes(p.read_bytes())
-    cv2.imwrite(str(folder / "wide.jpg"), cv2.resize(cv2.imread(str(src[0])), (301, 517)))
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
-    return folder
-
-
 def _rows(csv_path):
     with open(csv_path, newline="") as f:
         return list(csv.DictReader(f))

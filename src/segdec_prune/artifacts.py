@@ -1,11 +1,14 @@
-"""Atomic artifact writes: a reader never sees a half-written file."""
+"""Atomic artifact writes: a reader never sees a half-written file, and a full disk, a missing
+permission or a read-only file system is one sentence (ArtifactWriteError), the earlier file intact."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,19 +26,71 @@ def _umask() -> int:
 UMASK = _umask()  # the process's file-creation mask, read once (reading it means setting it)
 
 
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+_FULL = 64 << 10  # a write that failed with less than this left on its file system filled it
+
+
+class ArtifactWriteError(Exception):
+    """An artifact could not be written (disk full, no permission, read-only file system)."""
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """Free space on the file system that holds `path` (its nearest existing folder)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MB free" if free < 2**30 else f"{free / 2**30:.1f} GB free"
+
+
+def _filled(path: Path) -> bool:
+    """Whether the file system that holds `path` is (nearly) full now."""
+    p = path.absolute().parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < _FULL
+    except OSError:
+        return False
+
+
+def write_error(path: str | os.PathLike | None, code: int) -> ArtifactWriteError:
+    """The one line for a write of `path` (None: not known) that failed with errno `code` (one of DISK_ERRNOS)."""
+    why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "read-only file system"}.get(code, "permission denied")
+    if path is None:
+        return ArtifactWriteError(f"a write failed: {why}")
+    return ArtifactWriteError(f"cannot write {path}: {why} ({free_space(path)}); any earlier file there is unchanged")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS:
+            raise write_error(path, exc.errno) from None
+        raise
     os.close(fd)
+    code = None
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; artifacts get the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code not in DISK_ERRNOS and isinstance(exc, Exception) and _filled(Path(tmp)):
+            code = errno.ENOSPC  # torch.save and onnx report a full disk as their own RuntimeError/ValueError
         Path(tmp).unlink(missing_ok=True)
-        raise
+        if code not in DISK_ERRNOS or isinstance(exc, ArtifactWriteError):
+            raise
+    if code is not None:  # out of the handler: the failed writer (and its open file) is gone, so the free space is true
+        raise write_error(path, code)
     return path
 
 

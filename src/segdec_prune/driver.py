@@ -57,7 +57,10 @@ def drive(steps: Sequence[Step], manifest: Manifest, force: set[str], on_event: 
     """Run the plan on `pool`; outcomes in plan order. A failed step blocks only the steps that need
     its outputs. `exclusive_alone`: an exclusive step starts only on an idle pool and holds it.
     `check_here` (the pool is this machine): a step that says it cannot run here (`Step.unavailable`,
-    e.g. TensorRT without a GPU) is recorded so at once, without a round trip to a worker."""
+    e.g. TensorRT without a GPU) is recorded so at once, without a round trip to a worker. A
+    node that cannot see the run folder, or a write that met a full or read-only disk, stops it all:
+    every later step would fail alike."""
+    from .artifacts import ArtifactWriteError
     from .cluster import SharedStorageError
 
     by_name = {s.name: s for s in steps}
@@ -114,9 +117,9 @@ def drive(steps: Sequence[Step], manifest: Manifest, force: set[str], on_event: 
         handle, result = pool.wait(list(running))
         name, inputs, t0 = running.pop(handle)
         if isinstance(result, BaseException):
-            if isinstance(result, SharedStorageError):
+            if isinstance(result, (SharedStorageError, ArtifactWriteError)):
                 pool.cancel(list(running))
-                raise SharedStorageError(str(result)) from None
+                raise type(result)(str(result)) from None
             detail = f"{type(result).__name__}: {result}".strip().splitlines()[0]
             out = record(manifest, by_name[name], inputs, "failed", detail, time.perf_counter() - t0, {}, "")
         else:

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..checkpoint import load_checkpoint
 from ..config import ConfigError, load_config
 from ..data.ksdd2 import DatasetError
-from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail
+from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail, lock_run
 
 
 def _evaluate_run(config: Path, set_: list[str] | None) -> None:
@@ -23,6 +23,7 @@ def _evaluate_run(config: Path, set_: list[str] | None) -> None:
 
     try:
         cfg = load_config(config, set_)
+        lock_run(cfg.run_dir, "evaluate")
         with new_progress() as bar:
             task = bar.add_task("evaluating", total=None, info="")
             result = evaluate_run(cfg, lambda step: bar.update(task, advance=1, info=step))
@@ -109,6 +110,7 @@ def export(
             raise ConfigError("give either --config (every model of the run) or --model with --output")
         if config is not None:
             state = RunState(load_config(config, set_))
+            lock_run(state.cfg.run_dir, "export")
             names = [p.stem for p in model_paths(state.cfg.run_dir)]
             if not names:
                 raise FileNotFoundError(f"no checkpoints in {state.cfg.run_dir / 'models'}")
@@ -143,6 +145,7 @@ def calibrate(config: ConfigOpt, set_: SetOpt = None) -> None:
 
     try:
         cfg = load_config(config, set_)
+        lock_run(cfg.run_dir, "calibrate")
         path = build_calibration_set(cfg)
     except USER_ERRORS as exc:
         fail(exc)
@@ -164,6 +167,7 @@ def build(
 
     try:
         state = RunState(load_config(config, set_))
+        lock_run(state.cfg.run_dir, "build")
         check_runtime(runtime, precision)
         calib = load_calibration(calibration_path(state.cfg)) if precision == "int8" else None
         names = [p.stem for p in model_paths(state.cfg.run_dir)]
@@ -191,7 +195,9 @@ def charts(config: ConfigOpt, set_: SetOpt = None) -> None:
     from ..charts import make_charts
 
     try:
-        paths = make_charts(load_config(config, set_))
+        cfg = load_config(config, set_)
+        lock_run(cfg.run_dir, "charts")
+        paths = make_charts(cfg)
     except USER_ERRORS as exc:
         fail(exc)
     for p in paths:

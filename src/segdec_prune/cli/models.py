@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from ..config import ConfigError, load_config
-from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail
+from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail, lock_run
 
 
 @app.command()
@@ -22,6 +22,7 @@ def train(config: ConfigOpt, set_: SetOpt = None, quiet: bool = False) -> None:
 
     try:
         cfg = load_config(config, set_)
+        lock_run(cfg.run_dir, "train")
         pre = preprocessing_for(cfg.data, cfg.train)
         with counter("loading train split") as bar:
             task = bar.add_task("", total=None)
@@ -63,6 +64,7 @@ def prune(
 
     try:
         cfg = load_config(config, set_)
+        lock_run(cfg.run_dir, "prune")
         jobs = prune_jobs(cfg, all_, method, ratio, target_macs, target_latency_ms, runtime, precision)
         state = RunState(cfg, baseline_file=model)
         state.baseline  # noqa: B018 - fail early, before loading data
@@ -123,6 +125,7 @@ def latency_table(
 
     try:
         cfg = load_config(config, [*(set_ or []), *([f"deploy.threads={threads}"] if threads else [])])
+        lock_run(cfg.run_dir, "latency-table")
         state = RunState(cfg)
         state.latency_key(runtime, precision)  # a bad runtime or precision fails before any work
         with counter(f"latency table {runtime} {precision}") as bar:
@@ -150,6 +153,7 @@ def profile(config: ConfigOpt, set_: SetOpt = None) -> None:
 
     try:
         cfg = load_config(config, set_)
+        lock_run(cfg.run_dir, "profile")
         result = profile_run(cfg.run_dir)
     except USER_ERRORS as exc:
         fail(exc)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..config import load_config
 from ..data.ksdd2 import DatasetError
-from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail
+from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail, lock_run
 
 
 class Executor(str, Enum):
@@ -59,10 +59,11 @@ def run(
             raise ClusterError("--workers is for the local executor; Ray sizes its tasks with --task-cpus")
     except (*USER_ERRORS, ClusterError) as exc:
         fail(exc)
-    manifest, forced = Manifest.load(cfg.run_dir), set(force or [])
-    workers = workers or cfg.run.workers
+    forced, workers = set(force or []), workers or cfg.run.workers
     if show_plan:
-        return _show_plan(plan(cfg, RunState(cfg)), manifest, forced, workers)
+        return _show_plan(plan(cfg, RunState(cfg)), Manifest.load(cfg.run_dir), forced, workers)
+    lock_run(cfg.run_dir, "run")  # held to the end; worker processes and Ray tasks write under it
+    manifest = Manifest.load(cfg.run_dir)  # read under the lock: no other writer changes it now
     where = f"{executor.value} executor" + (f", {workers} workers" if executor is Executor.local and workers > 1 else "")
     console.print(f"run {cfg.run_dir} from {cfg.source}: data {cfg.data.root}, "
                   f"{len(cfg.prune.methods)} methods x {len(cfg.prune.ratios)} ratios, {where}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import load_config
-from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail
+from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail, lock_run
 
 
 @app.command()
@@ -21,10 +21,13 @@ def predict(
     batch: Annotated[int, typer.Option(min=1, help="Images per runtime call.")] = 8,
     threads: Annotated[int, typer.Option(min=0, help="Intra-op threads (0 = runtime default).")] = 0,
     overlays: Annotated[bool, typer.Option(help="Also write one PNG per image: the defect map over it, native size.")] = False,
+    resume: Annotated[bool, typer.Option(help="Keep the rows OUT/predictions.csv has and score only the images it "
+                      "lacks (same model, threshold and --overlays).")] = False,
 ) -> None:
-    """Score new images: OUT/predictions.csv (path, score, defective, threshold, ms); exit 1 if any image was unreadable."""
+    """Score new images: OUT/predictions.csv (path, score, defective, threshold, ms), written as they are
+    scored; Ctrl-C stops after the current batch. Exit 1 if any image was unreadable."""
     from ..deploy import open_runtime
-    from ..predict import collect_images, predict_images
+    from ..predict import InputError, collect_images, predict_images
 
     try:
         paths = collect_images(inputs)
@@ -44,13 +47,23 @@ def predict(
                       "point (re-export it from a run, or pass --threshold)")
     with counter("predicting") as bar:
         task = bar.add_task("", total=len(paths))
-        report = predict_images(runtime, info.spec, paths, out, thr, batch, overlays, lambda n: bar.update(task, completed=n))
+        try:
+            report = predict_images(runtime, info.spec, paths, out, thr, batch, overlays,
+                                    lambda n: bar.update(task, completed=n), resume)
+        except InputError as exc:
+            bar.stop()
+            fail(exc)
     for path, why in report.skipped:
         console.print(f"[yellow]warning:[/] skipped {path}: {why}", highlight=False)
     defects = sum(r["defective"] == "yes" for r in report.rows)
     console.print(f"{len(report.rows)} images scored, {defects} defective at {thr:.4f}"
+                  + (f" ({report.resumed} of them from an earlier run)" if report.resumed else "")
                   + (f", {len(report.skipped)} skipped" if report.skipped else "")
                   + (f" -> {report.csv}" if report.csv else "; nothing written"), highlight=False)
+    if report.interrupted:
+        console.print(f"interrupted: {len(report.rows)} of {len(paths)} images are in {report.csv}; run the same "
+                      "command with --resume to score the rest", highlight=False)
+        raise typer.Exit(130)
     if report.skipped:
         raise typer.Exit(1)
 
@@ -66,7 +79,9 @@ def bundle(
     from ..bundle import make_bundle
 
     try:
-        files = make_bundle(load_config(config, set_), model, out)
+        cfg = load_config(config, set_)
+        lock_run(cfg.run_dir, "bundle")
+        files = make_bundle(cfg, model, out)
     except (*USER_ERRORS, ValueError) as exc:
         fail(exc)
     for f in files:
@@ -79,7 +94,9 @@ def report(config: ConfigOpt, set_: SetOpt = None) -> None:
     from ..report import make_report
 
     try:
-        path = make_report(load_config(config, set_))
+        cfg = load_config(config, set_)
+        lock_run(cfg.run_dir, "report")
+        path = make_report(cfg)
     except USER_ERRORS as exc:
         fail(exc)
     console.print(f"wrote {path} (self-contained: open it from disk, share it as one file)")
