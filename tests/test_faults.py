@@ -182,3 +182,17 @@ def test_predict_keeps_its_rows_through_ctrl_c_and_kill_and_resume_completes_the
     assert len(rows) == 300 and len({row.split(",")[0] for row in rows}) == 300  # every image once
     assert rows[: len(after_kill)] == after_kill and f"({len(after_kill)} of them from an earlier run)" in text
     assert csv_path.read_text().count("path,score") == 1  # one header
+
+
+def test_the_cli_and_a_refused_run_load_neither_torch_nor_opencv(shipped):
+    """What makes a second writer's refusal immediate: the lock is taken before the heavy imports."""
+    cfg, run = shipped
+    code = ("import sys, subprocess; from segdec_prune.runlock import acquire; from typer.testing import CliRunner; "
+            "from segdec_prune.cli import app; loaded = {'torch', 'cv2'} & set(sys.modules); assert not loaded, loaded; "
+            "h = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE, text=True); "
+            "assert h.stdout.readline().strip() == 'held'; "
+            "r = CliRunner().invoke(app, ['run', '--config', sys.argv[3]]); h.kill(); "
+            "assert r.exit_code == 2 and 'in use' in r.output, r.output; "
+            "loaded = {'torch', 'cv2'} & set(sys.modules); assert not loaded, loaded")
+    r = subprocess.run([sys.executable, "-c", code, HOLD, str(run), str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -95,6 +93,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
+    import torch  # here, not at the top: the CLI imports this module before it needs torch
+
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -15,15 +15,12 @@ import torch
 
 from .artifacts import save_torch
 from .data.ksdd2 import Preprocessing
+from .errors import CheckpointError
 from .model import SegDecNet, Widths, widths_from_state_dict
 
 FORMAT = "segdec-prune/checkpoint"
 FORMAT_VERSION = 1
 DEFAULT_THRESHOLD = 0.5  # for files that store no validation threshold (said so wherever it is used)
-
-
-class CheckpointError(ValueError):
-    """The file is not a usable SegDecNet checkpoint; the message says why."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .model import DECISION_RESETS, decision_map_size
+from .architecture import DECISION_RESETS, decision_map_size
 from .pruning.methods import METHODS
 from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS, RUNTIMES
 

@@ -13,10 +13,10 @@ import atexit
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI asks `ranks()` before it needs torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ def ranks() -> Ranks:
 
 def setup(device: torch.device) -> tuple[Ranks, torch.device]:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU); the device this rank trains on."""
+    import torch
+    import torch.distributed as dist
+
     r = ranks()
     if r.world == 1:
         return r, device
@@ -51,6 +54,8 @@ def setup(device: torch.device) -> tuple[Ranks, torch.device]:
 
 
 def barrier() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.barrier()
 
@@ -66,6 +71,8 @@ def batch_shares(order: Sequence[int], batch_size: int, r: Ranks) -> Iterator[tu
 
 def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """Element-wise sum over all ranks (the values themselves in one process)."""
+    import torch.distributed as dist
+
     if dist.is_initialized():
         values = values.clone()
         dist.all_reduce(values)
@@ -74,6 +81,8 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
 
 def from_main(obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         return obj
     box = [obj]
@@ -83,6 +92,8 @@ def from_main(obj: Any) -> Any:
 
 def share_weights(model: torch.nn.Module) -> None:
     """Every rank takes rank 0's parameters and buffers."""
+    import torch.distributed as dist
+
     if dist.is_initialized():
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .architecture import DECISION_RESETS
+
 DEFAULT_VOLUME = (32, 64, 64, 64, 64, 64, 64, 64, 1024)
 DEFAULT_EXTRACTOR = (8, 16, 32)
 # (kernel, padding) of the nine volume convs and the three extractor convs.
@@ -185,9 +187,6 @@ def conv_macs(widths: Widths, in_channels: int, height: int, width: int) -> int:
     return total + 2 * widths.extractor[-1] + 2
 
 
-DECISION_RESETS = ("none", "fc", "head")
-
-
 def reset_decision(model: SegDecNet, part: str) -> None:
     """Make the decision head unsure again after pruning: "fc" zeroes the final linear layer
     (every image scores 0.5), "head" also re-initialises the extractor's convs and norms.
@@ -228,14 +227,7 @@ def _volume_indices() -> list[int]:
     return out
 
 
-def decision_map_size(height: int, width: int) -> tuple[int, int]:
-    """Spatial size of the extractor output for an input of height x width."""
-    h, w = height // 8, width // 8
-    for _ in range(3):
-        h, w = h // 2, w // 2
-    return h, w
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

@@ -16,9 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import distributed
 from ..artifacts import DISK_ERRNOS, ArtifactWriteError, write_error
-from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from ..data.ksdd2 import DatasetError
+from ..errors import CheckpointError, DatasetError
 from ..runlock import RunFolderBusy, RunLock, acquire
 
 

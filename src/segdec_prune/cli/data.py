@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..data.ksdd2 import DatasetError
+from ..errors import DatasetError
 from ..data.synthetic import SynthSpec, write_dataset
 from .common import app, console, counter, fail
 

@@ -10,9 +10,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from ..checkpoint import load_checkpoint
 from ..config import ConfigError, load_config
-from ..data.ksdd2 import DatasetError
+from ..errors import DatasetError
 from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail, lock_run
 
 
@@ -101,6 +100,7 @@ def export(
     set_: SetOpt = None,
 ) -> None:
     """Export to ONNX, checked against PyTorch on real images; input spec and threshold go into its metadata."""
+    from ..checkpoint import load_checkpoint
     from ..deploy import check_images, export_checkpoint, model_paths
     from ..export import ATOL, RTOL, ExportCheckError
     from ..stages import RunState, export_model

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from ..config import load_config
-from ..data.ksdd2 import DatasetError
+from ..errors import DatasetError
 from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail, lock_run
 
 
@@ -43,11 +43,6 @@ def run(
 ) -> None:
     """The whole pipeline, resumable: steps whose inputs and settings are unchanged are skipped."""
     from ..cluster import ClusterError
-    from ..pipeline import Manifest, execute, machine
-    from ..results import RESULTS_FILE, library_versions
-    from ..stages import RunState, plan
-    from ..tables import ship_table, show
-    from ..training import new_progress
 
     try:
         cfg = load_config(config, set_)
@@ -60,9 +55,16 @@ def run(
     except (*USER_ERRORS, ClusterError) as exc:
         fail(exc)
     forced, workers = set(force or []), workers or cfg.run.workers
+    if not show_plan:  # before the heavy imports below: a second writer is refused at once
+        lock_run(cfg.run_dir, "run")  # held to the end; worker processes and Ray tasks write under it
+    from ..pipeline import Manifest, execute, machine
+    from ..results import RESULTS_FILE, library_versions
+    from ..stages import RunState, plan
+    from ..tables import ship_table, show
+    from ..training import new_progress
+
     if show_plan:
         return _show_plan(plan(cfg, RunState(cfg)), Manifest.load(cfg.run_dir), forced, workers)
-    lock_run(cfg.run_dir, "run")  # held to the end; worker processes and Ray tasks write under it
     manifest = Manifest.load(cfg.run_dir)  # read under the lock: no other writer changes it now
     where = f"{executor.value} executor" + (f", {workers} workers" if executor is Executor.local and workers > 1 else "")
     console.print(f"run {cfg.run_dir} from {cfg.source}: data {cfg.data.root}, "

@@ -22,16 +22,14 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
+from ..errors import DatasetError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 VAL = "val"  # optional: a fixed validation split replaces the one carved from train
 WEAK_LABELS = "weak_labels.json"
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class DatasetError(ValueError):
-    """A data set problem a user must fix; the message names the file."""
 
 
 @dataclass(frozen=True)

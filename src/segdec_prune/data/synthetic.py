@@ -13,7 +13,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 DEFECT_KINDS = ("scratch", "pit", "crack", "stain")
@@ -31,6 +30,8 @@ class SynthSpec:
 
 def _surface(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Float BGR surface in [0, 255] before defects."""
+    import cv2  # here: the CLI imports SynthSpec for its defaults, and must start without OpenCV
+
     base = rng.uniform(90, 150) + rng.normal(0, 6, size=3)  # greyish, slight tint
     y = np.linspace(-1, 1, h)[:, None]
     x = np.linspace(-1, 1, w)[None, :]
@@ -57,6 +58,8 @@ def _pt(rng: np.random.Generator, h: int, w: int, margin: int = 10) -> tuple[int
 
 def _defect(rng: np.random.Generator, kind: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """(binary mask uint8, float soft profile in [0,1]) of one defect."""
+    import cv2
+
     m = np.zeros((h, w), np.uint8)
     if kind == "scratch":
         x0, y0 = _pt(rng, h, w)
@@ -132,6 +135,8 @@ def write_dataset(out: str | Path, spec: SynthSpec = SynthSpec(), workers: int |
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
+    import cv2
+
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"cannot encode {path}")
