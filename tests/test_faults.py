@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from segdec_prune.cli import app
+from segdec_prune.runtimes.openvino_runtime import unavailable_reason as openvino_reason
 
 runner = CliRunner()
 HOLD = ("import sys, time; from segdec_prune.runlock import acquire; acquire(sys.argv[1], 'segdec-prune run'); "
@@ -96,6 +97,7 @@ def full_disk(tmp_path):
     _mount(disk, "4m")
     try:
         (disk / "earlier.txt").write_text("kept")
+        (disk / "openvino").mkdir()  # for an IR pair written by OpenVINO's own writer
         with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
             while True:  # until the disk is full
                 f.write(b"\0" * 4096)
@@ -119,6 +121,15 @@ def test_a_full_disk_stops_export_predict_bundle_and_run_with_one_line(shipped, 
     _one_line_exit_2(r, text, "no space left on the device")
     r, text = _invoke("bundle", "--config", cfg, "--model", "naive_l1_r50", "--out", full_disk / "bundle")
     _one_line_exit_2(r, text, "no space left on the device")
+    if openvino_reason() is None:  # a run whose openvino/ folder is on the full disk
+        copy = tmp_path / "runs" / run.name
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("openvino"))
+        (copy / "openvino").symlink_to(full_disk / "openvino", target_is_directory=True)
+        moved = tmp_path / "moved.toml"
+        moved.write_text(cfg.read_text().replace(str(run.parent), str(copy.parent)))
+        r, text = _invoke("build", "--config", moved, "--runtime", "openvino", "--precision", "fp32")
+        _one_line_exit_2(r, text, "no space left on the device")
+        assert not list((full_disk / "openvino").iterdir())
     fresh = tmp_path / "fresh.toml"  # a run whose folder is on the full disk: its first artifact cannot be written
     fresh.write_text(cfg.read_text().replace(str(run.parent), str(full_disk / "runs")))
     for workers in ("1", "2"):  # in this process, and from a worker process back to the driver

@@ -55,6 +55,17 @@ def _filled(path: Path) -> bool:
         return False
 
 
+def disk_fault(exc: BaseException, scratch: Path) -> int | None:
+    """The errno of the disk fault behind `exc`, raised while writing into `scratch` (a temporary
+    file or folder beside the artifact, not yet removed), or None when it is no disk fault."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in DISK_ERRNOS:
+        return code
+    if isinstance(exc, Exception) and not isinstance(exc, ArtifactWriteError) and _filled(scratch):
+        return errno.ENOSPC  # torch.save, onnx and OpenVINO report a full disk as their own errors
+    return None
+
+
 def write_error(path: str | os.PathLike | None, code: int) -> ArtifactWriteError:
     """The one line for a write of `path` (None: not known) that failed with errno `code` (one of DISK_ERRNOS)."""
     why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -81,11 +92,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; artifacts get the usual mode
         os.replace(tmp, path)
     except BaseException as exc:
-        code = exc.errno if isinstance(exc, OSError) else None
-        if code not in DISK_ERRNOS and isinstance(exc, Exception) and _filled(Path(tmp)):
-            code = errno.ENOSPC  # torch.save and onnx report a full disk as their own RuntimeError/ValueError
+        code = disk_fault(exc, Path(tmp))
         Path(tmp).unlink(missing_ok=True)
-        if code not in DISK_ERRNOS or isinstance(exc, ArtifactWriteError):
+        if code is None:
             raise
     if code is not None:  # out of the handler: the failed writer (and its open file) is gone, so the free space is true
         raise write_error(path, code)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import UMASK
+from ..artifacts import UMASK, disk_fault, write_error
 from ..export import OUTPUTS
 
 RT_INFO = "segdec_prune"  # the rt_info section our metadata lives in
@@ -77,12 +77,19 @@ def save_ir(model, xml_path: str | os.PathLike, metadata: dict[str, str]) -> Pat
     xml.parent.mkdir(parents=True, exist_ok=True)
     for key, value in metadata.items():
         model.set_rt_info(value, [RT_INFO, key])
+    code = None
     with tempfile.TemporaryDirectory(prefix=f".{xml.stem}.", dir=xml.parent) as tmp:
         tmp_xml = Path(tmp) / "model.xml"
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
-        for src, dst in ((tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin")), (tmp_xml, xml)):
-            os.chmod(src, 0o666 & ~UMASK)
-            os.replace(src, dst)
+        try:
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+            for src, dst in ((tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin")), (tmp_xml, xml)):
+                os.chmod(src, 0o666 & ~UMASK)
+                os.replace(src, dst)
+        except Exception as exc:
+            if (code := disk_fault(exc, Path(tmp))) is None:
+                raise
+    if code is not None:  # OpenVINO says "iostream error" for a full disk; the user gets the reason
+        raise write_error(xml, code)
     return xml
 
 
