@@ -32,27 +32,29 @@ class ArtifactWriteError(Exception):
     """An artifact could not be written (disk full, no permission, read-only file system)."""
 
 
-def free_space(path: str | os.PathLike) -> str:
-    """Free space on the file system that holds `path` (its nearest existing folder)."""
+def _free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system that holds `path` (its nearest existing folder); None: unknown."""
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
     try:
-        free = shutil.disk_usage(p).free
+        return shutil.disk_usage(p).free
     except OSError:
+        return None
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """Free space on the file system that holds `path`, for a message."""
+    free = _free_bytes(path)
+    if free is None:
         return "free space unknown"
     return f"{free / 2**20:.1f} MB free" if free < 2**30 else f"{free / 2**30:.1f} GB free"
 
 
 def _filled(path: Path) -> bool:
     """Whether the file system that holds `path` is (nearly) full now."""
-    p = path.absolute().parent
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free < _FULL
-    except OSError:
-        return False
+    free = _free_bytes(path.absolute().parent)
+    return free is not None and free < _FULL
 
 
 def disk_fault(exc: BaseException, scratch: Path) -> int | None:
