@@ -4,7 +4,7 @@ Baseline and one method's r20/r40/r60 models in PyTorch, ONNX Runtime FP32 and I
 FP32 and INT8 where built (CPU, fixed threads): batch-1 latency (interleaved rounds across all
 models), speedup versus the baseline in the same runtime next to the MAC reduction, and test AP
 per runtime. (benchmarks/cpu_runtimes.py times the CPU runtimes on random weights at two sizes.) Needs a run that has been trained, pruned,
-exported, calibrated and built (see the README).
+exported, calibrated and built (see docs/getting-started.md).
 
     python benchmarks/runtimes.py --config configs/demo.toml --method naive_l1
 """

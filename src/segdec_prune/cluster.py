@@ -68,7 +68,7 @@ def check_shared_storage(cfg: Config, token: str) -> None:
         seen = ""
     if seen != token:
         raise SharedStorageError(f"node {host} does not see the driver's run folder {cfg.run_dir}: put run.dir and "
-                                 "data.root on storage every node mounts at the same path (README: On a Ray cluster)")
+                                 "data.root on storage every node mounts at the same path (docs/scaling.md)")
     if not Path(cfg.data.root).is_dir():
         raise SharedStorageError(f"node {host} does not see the data folder {cfg.data.root}: mount it at the same "
                                  "path on every node")

@@ -106,7 +106,7 @@ class PruneConfig:
     fn_sparsity_epochs: int = 0  # naive_fn: K epochs of L1 sparsity training before pruning
     include_extractor: bool = False  # also prune the decision head's three small convs
     seed: int = 0
-    # The recovery recipe (README "Recovery"): the same for every method, so the comparison is fair.
+    # The recovery recipe (docs/recovery.md): the same for every method, so the comparison is fair.
     finetune_epochs: int = 20  # at most: early stopping (finetune_patience) ends most runs sooner
     finetune_lr: float | str = 0.01  # a number, or "auto": chosen per model by a short probe (pruning/recipe.py)
     finetune_momentum: float = 0.0  # with a fixed lr
@@ -124,7 +124,7 @@ class PruneConfig:
     distill_temperature: float = 1.0
     distill_dec_weight: float = 1.0  # weight of the decision-logit distillation term
     distill_seg_weight: float = 1.0  # weight of the per-pixel segmentation distillation term
-    # Budget targets (README "Budgets"): global allocation instead of one ratio for every layer.
+    # Budget targets (docs/budgets.md): global allocation instead of one ratio for every layer.
     budget_methods: list = field(default_factory=list)  # methods that also get the targets below
     target_macs: list = field(default_factory=list)  # shares of the baseline's MACs to keep, in (0, 1)
     target_latency_ms: list = field(default_factory=list)  # batch-1 ms on budget_runtime/precision
@@ -186,7 +186,7 @@ class DeployConfig:
     calibration_images: int = 64  # preprocessed training images kept for INT8 calibration
     calibration_positive_fraction: float = 0.5
     int8_op_types: list = field(default_factory=lambda: ["Conv"])  # ONNX ops ORT quantizes
-    # ONNX Runtime INT8 is chosen per model on the validation split (README "INT8 that keeps AP"):
+    # ONNX Runtime INT8 is chosen per model on the validation split (docs/deployment.md, "INT8 that keeps AP"):
     int8_calibrations: list = field(default_factory=lambda: list(INT8_CALIBRATIONS))  # methods tried
     int8_fp32_candidates: list = field(default_factory=lambda: list(FP32_GROUPS))  # layers that may stay FP32
     int8_ap_tolerance: float = 0.005  # validation AP below FP32's that still counts as kept

@@ -192,7 +192,7 @@ def reset_decision(model: SegDecNet, part: str) -> None:
     (every image scores 0.5), "head" also re-initialises the extractor's convs and norms.
     A head fitted to the unpruned features can be confidently wrong on the pruned ones (the
     tiles: decision loss 1.0 in the first epoch, a coin toss is 0.69). Opt-in: measured on
-    the demo only (README "Recovery")."""
+    the demo only (docs/recovery.md)."""
     if part not in DECISION_RESETS:
         raise ValueError(f"unknown decision reset {part!r}; one of {', '.join(DECISION_RESETS)}")
     if part == "none":

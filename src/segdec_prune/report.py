@@ -130,7 +130,7 @@ def _benchmarks(run: Path) -> str:
                                isinstance(rows[0].get(k), str)) for k in keys]
         parts.append(f"<h3>{escape(what)}</h3><p class=\"note\">{escape(name)}, {len(rows)} rows</p>"
                      f'<div class="scroll">{table_html(cols, rows)}</div>')
-    return "".join(parts) or "<p>No benchmark results in this run folder (see benchmarks/ in the README).</p>"
+    return "".join(parts) or "<p>No benchmark results in this run folder (see benchmarks/ and docs/measured.md).</p>"
 
 
 def _recovery(run: Path) -> str:

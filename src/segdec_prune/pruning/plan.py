@@ -49,7 +49,7 @@ def verified(widths: Widths, target_ms: float, budget: float, plan: Callable[[fl
     scaled to the table's baseline; seconds) and, while it misses the target by more than
     PLAN_TOLERANCE, plan again for the table budget scaled by target/measured.
     The table's sum of isolated blocks is off by up to ~20 % for very narrow networks on a CPU
-    (README "Budgets"); this closes the loop before any fine-tuning is spent."""
+    (docs/budgets.md); this closes the loop before any fine-tuning is spent."""
     from ..latency_table import network_timer
 
     checks, best = [], None

@@ -7,7 +7,7 @@ model for `prune.probe_fraction` of an epoch, on the same batches, and is scored
 validation split (AP, ties: lower decision loss); the winner then fine-tunes in full. The probe
 never looks at the test split.
 Measured on the magnetic tiles it prefers the largest lr after a quarter epoch, which loses over
-5 epochs (README "Real images"), so no shipped config turns it on.
+5 epochs (docs/measured.md, "Real images"), so no shipped config turns it on.
 """
 
 from __future__ import annotations

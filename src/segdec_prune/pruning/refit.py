@@ -7,7 +7,7 @@ sqrt(std), not std, so the surviving map is both mis-shaped and squashed towards
 bias: on the demo at r60 no pixel reaches 0.5 right after pruning (Dice 0) and fine-tuning for a
 few epochs does not bring the maps back. Solving for the read-out that reproduces the teacher's
 pre-norm map from the pruned volume, on the calibration batches, restores the map before any
-gradient step (README "Recovery").
+gradient step (docs/recovery.md).
 """
 
 from __future__ import annotations
