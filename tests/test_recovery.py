@@ -11,9 +11,10 @@ from segdec_prune.config import ConfigError, from_dict
 from segdec_prune.data.dataset import KSDD2Dataset, load_split, preprocessing_for, train_val_datasets
 from segdec_prune.data.ksdd2 import Preprocessing
 from segdec_prune.model import Widths
-from segdec_prune.pruning.distill import Distillation, binary_kl, cache_path, teacher_outputs
+from segdec_prune.pruning.distill import (Distillation, VolumeDistillation, binary_kl, cache_path, kept_after,
+                                         teacher_outputs)
 from segdec_prune.pruning.methods import get_method
-from segdec_prune.pruning.prune import prune_model, round_widths, target_widths
+from segdec_prune.pruning.prune import prune_model, prune_to_widths, round_widths, target_widths
 from segdec_prune.pruning.workflow import RecoveryData, calibration_batches, finetune_config, prune_and_recover
 from segdec_prune.training import train
 
@@ -135,6 +136,49 @@ def test_distillation_moves_a_pruned_model_toward_the_teacher(trained, tiny_synt
     assert gap() < 0.7 * before
 
 
+def test_volume_distillation_maps_the_kept_channels_to_the_teachers(trained, batches):
+    """Pruning only the volume's last conv leaves every other channel as it was, so the student's
+    volume is exactly the teacher's kept channels: the term is zero iff the mapping is right."""
+    target = Widths(SMALL.volume[:-1] + (40,), SMALL.extractor)
+    student, removed = prune_to_widths(trained, get_method("naive_l1"), target, batches, SIZE)
+    last = [n for n, m in trained.named_modules() if m is trained.volume[-1][0]][0]
+    kept = kept_after(list(range(SMALL.volume[-1])), removed[last])
+    assert len(kept) == 40 and kept == sorted(set(range(64)) - set(removed[last]))
+    term = VolumeDistillation(trained, student, kept, weight=2.0)
+    images = batches[0]["image"]
+    assert term(student, {"image": images}, student.eval()(images)).item() < 1e-10
+    shifted = VolumeDistillation(trained, student, kept[1:] + kept[:1], weight=2.0)  # a wrong mapping is seen
+    assert shifted(student, {"image": images}, student(images)).item() > 1e-3
+    term.close(), shifted.close()
+    assert not student.volume._forward_hooks  # closed: no hook left on the model
+
+
+def test_volume_distillation_trains_the_pruned_volume_toward_the_teacher(trained, tiny_config):
+    cfg = _cfg(tiny_config, finetune_lr=0.05, finetune_seg_weight=0.0, distill_volume_weight=1.0)
+    cfg.train.delta = 0.0  # the volume term only: the test isolates what it does
+    train_set, val_set = train_val_datasets(cfg.data, preprocessing_for(cfg.data, cfg.train))
+    batches = calibration_batches(train_set, 2, 4, 0)
+    student, removed = prune_model(trained, get_method("naive_l1"), 0.5, batches, SIZE)
+    last = [n for n, m in trained.named_modules() if m is trained.volume[-1][0]][0]
+    term = VolumeDistillation(trained, student, kept_after(list(range(64)), removed[last]), 1.0)
+    images = torch.stack([train_set[i]["image"] for i in range(len(train_set))])
+
+    def gap() -> float:
+        with torch.no_grad():
+            return term(student, {"image": images}, student.eval()(images)).item()
+
+    before = gap()
+    train(student, train_set, val_set, dataclasses.replace(finetune_config(cfg, 3), device="cpu"), None, None,
+          extra_loss=term, show_progress=False)
+    assert gap() < 0.7 * before
+    term.close()
+    # and through prune_and_recover, where the config turns it on: the loss term is logged per epoch
+    out = prune_and_recover(trained, get_method("naive_l1"), 0.5, cfg, RecoveryData(train_set, val_set, batches),
+                            finetune_epochs=1)
+    assert out.rounds[0]["training"]["history"][0]["loss_extra"] > 0
+    assert not out.model.volume._forward_hooks
+
+
 def test_train_stops_after_the_given_iterations_and_uses_the_recipe(tiny_config):
     cfg = _cfg(tiny_config, finetune_momentum=0.5, finetune_schedule="cosine", finetune_lr=0.03)
     ft = finetune_config(cfg, 2)
@@ -149,7 +193,7 @@ def test_train_stops_after_the_given_iterations_and_uses_the_recipe(tiny_config)
 @pytest.mark.parametrize("key, value, match", [
     ("steps", 0, "prune.steps"), ("finetune_schedule", "step", "prune.finetune_schedule"),
     ("distill_temperature", 0.0, "prune.distill_temperature"), ("finetune_momentum", 1.0, "prune.finetune_momentum"),
-    ("distill_seg_weight", -1.0, "prune.distill_seg_weight"),
+    ("distill_seg_weight", -1.0, "prune.distill_seg_weight"), ("distill_volume_weight", -0.5, "prune.distill_volume_weight"),
 ])
 def test_recipe_keys_are_validated(key, value, match):
     with pytest.raises(ConfigError, match=match):

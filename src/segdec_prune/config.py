@@ -124,6 +124,8 @@ class PruneConfig:
     distill_temperature: float = 1.0
     distill_dec_weight: float = 1.0  # weight of the decision-logit distillation term
     distill_seg_weight: float = 1.0  # weight of the per-pixel segmentation distillation term
+    distill_volume_weight: float = 0.0  # > 0: the pruned volume learns the baseline's kept channels, teacher in
+    # the loop: one teacher pass per batch (pruning/distill.VolumeDistillation); 0 = off
     # Budget targets (docs/budgets.md): global allocation instead of one ratio for every layer.
     budget_methods: list = field(default_factory=list)  # methods that also get the targets below
     target_macs: list = field(default_factory=list)  # shares of the baseline's MACs to keep, in (0, 1)
@@ -172,7 +174,7 @@ class PruneConfig:
                  f"must be one of {', '.join(DECISION_RESETS)}, got {self.reset_decision!r}")
         _require("prune.steps", self.steps >= 1, f"must be >= 1, got {self.steps}")
         _require("prune.distill_temperature", self.distill_temperature > 0, f"must be > 0, got {self.distill_temperature}")
-        for key in ("distill_dec_weight", "distill_seg_weight"):
+        for key in ("distill_dec_weight", "distill_seg_weight", "distill_volume_weight"):
             _require(f"prune.{key}", getattr(self, key) >= 0, f"must be >= 0, got {getattr(self, key)}")
         _require("prune.calibration_batches", self.calibration_batches >= 1, f"must be >= 1, got {self.calibration_batches}")
         _require("prune.round_to", self.round_to >= 1, f"must be >= 1, got {self.round_to}")

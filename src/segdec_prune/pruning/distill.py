@@ -8,6 +8,10 @@ loop then needs no teacher forward pass: the loss looks the targets up by datase
 Both terms are the binary KL divergence between temperature-softened Bernoulli outputs,
 scaled by T^2 (Hinton et al. 2015) so that their gradients keep their size as T changes:
 the decision logit (one per image) and the segmentation logits (per pixel at 1/8 resolution).
+
+`VolumeDistillation` is the opt-in feature term: the pruned 1024-channel volume against the
+baseline's, with the teacher in the loop (its volume is 1024 x H/8 x W/8 floats per image, too
+large to cache for a training split).
 """
 
 from __future__ import annotations
@@ -109,3 +113,53 @@ class Distillation:
         t_seg = self.teacher.segmentation[idx].to(seg.device)
         return (self.dec_weight * binary_kl(dec, t_dec, self.temperature)
                 + self.seg_weight * binary_kl(seg, t_seg, self.temperature))
+
+
+class VolumeDistillation:
+    """w x MSE between the pruned model's volume (the last conv block's FeatureNorm + ReLU output)
+    and the same channels of the teacher's, computed by one teacher volume pass per batch.
+
+    No regressor is needed: pruning keeps a subset of the teacher's channels, so the student's
+    channel j is the teacher's channel `kept[j]`. The student's volume is read by a forward hook
+    while the training loop runs its own forward pass; `close()` removes the hook."""
+
+    def __init__(self, teacher: SegDecNet, student: SegDecNet, kept: list[int], weight: float) -> None:
+        if len(kept) != student.widths.volume[-1]:
+            raise ValueError(f"{len(kept)} kept channels for a volume of {student.widths.volume[-1]}")
+        self.teacher = teacher.eval()
+        self._teacher_device = next(teacher.parameters()).device  # put back by close()
+        self.kept = torch.as_tensor(kept, dtype=torch.long)
+        self.weight = weight
+        self._volume: torch.Tensor | None = None
+        self._hook = student.volume.register_forward_hook(self._keep)
+
+    def _keep(self, _module, _inputs, output: torch.Tensor) -> None:
+        self._volume = output
+
+    def __call__(self, model: SegDecNet, batch: Batch, outputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self._volume is None:
+            raise RuntimeError("the student's volume was not seen: was the hook's model the one trained?")
+        with torch.no_grad():
+            target = self.teacher.to(self._volume.device).volume(batch["image"])[:, self.kept.to(self._volume.device)]
+        return self.weight * F.mse_loss(self._volume, target)
+
+    def close(self) -> None:
+        self._hook.remove()
+        self._volume = None
+        self.teacher.to(self._teacher_device)
+
+
+def kept_after(kept: list[int], dropped: list[int]) -> list[int]:
+    """The teacher's indices of the channels still there after one more round drops `dropped`
+    (indices into the current model's channels)."""
+    gone = set(dropped)
+    return [k for j, k in enumerate(kept) if j not in gone]
+
+
+def summed(*terms):
+    """One extra loss from several (None terms left out), or None when there is none."""
+    live = [t for t in terms if t is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+    return lambda model, batch, outputs: sum(t(model, batch, outputs) for t in live)
+

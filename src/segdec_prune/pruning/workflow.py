@@ -21,12 +21,12 @@ from ..calibration import select
 from ..checkpoint import Checkpoint, Threshold, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
-from ..model import SegDecNet, count_parameters, reset_decision
+from ..model import SegDecNet, count_parameters, prunable_convs, reset_decision
 from ..training import batches_per_epoch, resolve_device, train, validate
 from . import recipe
 from .allocate import Budget
 from .criteria import Batch
-from .distill import Distillation, TeacherOutputs
+from .distill import Distillation, TeacherOutputs, VolumeDistillation, kept_after, summed
 from .methods import Method
 from .plan import Target, criterion_options, plan_target, target_name
 from .prune import prune_to_widths, round_widths
@@ -138,10 +138,13 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
     device = resolve_device(cfg.train.device)
     options = criterion_options(cfg)
     model, rounds, chosen = source, [], None
+    last_conv = {m: n for n, m in source.named_modules()}[prunable_convs(source)[-1]]  # the volume's output conv
+    kept = list(range(source.widths.volume[-1]))  # the teacher's indices of the volume channels still there
     for i, widths in enumerate(plan):
         before = model
         model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options,
                                          p.seed + i, planned.scores if i == 0 else None)
+        kept = kept_after(kept, removed[last_conv])
         if i == 0 and on_pruned:
             on_pruned(model)
         record: dict = {"widths": widths.to_dict(), "removed_channels": removed}
@@ -159,9 +162,14 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
                                              description.replace("fine-tune", "probe"))  # once, in round 1
             round_cfg = dataclasses.replace(ft_cfg, seed=ft_cfg.seed + i, lr=chosen.lr, momentum=chosen.momentum)
             step = f" {i + 1}/{len(plan)}" if len(plan) > 1 else ""
-            result = train(model, train_set, val_set, round_cfg, None, None, extra_loss=extra,
-                           progress=progress, description=description + step, iterations=iterations,
-                           patience=p.finetune_patience)
+            volume = VolumeDistillation(source, model, kept, p.distill_volume_weight) if p.distill_volume_weight else None
+            try:
+                result = train(model, train_set, val_set, round_cfg, None, None, extra_loss=summed(extra, volume),
+                               progress=progress, description=description + step, iterations=iterations,
+                               patience=p.finetune_patience)
+            finally:
+                if volume is not None:
+                    volume.close()
             record.update(val_ap=result.best_val_ap, iterations=iterations, training=result.to_dict(),
                           recipe=chosen.to_dict(), stuck_dec_loss=recipe.stuck(result.history))
             threshold = result.best_threshold  # of the weights train() kept
