@@ -207,3 +207,15 @@ def _unavailable() -> dict[str, str]:
 
     reasons = {rt: unavailable_reason(rt) for rt in OPTIONAL_RUNTIMES}
     return {k: v for k, v in reasons.items() if v}
+
+
+def evaluate_time_line(records: list[dict], seconds: float) -> str:
+    """Where evaluate's time went: the test passes per runtime and dtype (each is also the throughput
+    timing), and the rest (loading, the interleaved latency runs)."""
+    passes: dict[str, float] = {}
+    for r in records:
+        key = f"{r['runtime']} {r['dtype']}"
+        passes[key] = passes.get(key, 0.0) + float(r.get("eval_seconds") or 0.0)
+    total = sum(passes.values())
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in passes.items())
+    return f"test passes {total:.0f} s ({parts}), the rest {max(seconds - total, 0):.0f} s (loading, latency)"

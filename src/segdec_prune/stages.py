@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -317,17 +318,21 @@ def prune_line(out: PruneOutcome) -> str:
 
 
 def _evaluate(state: RunState, evaluate_run) -> str:
-    """Every model x runtime, with a status line saying which one is running (minutes on a CPU)."""
-    bar = state.progress
-    if bar is None:
-        return f"{len(evaluate_run(state.cfg)['records'])} records"
-    task = bar.add_task("evaluate", total=None, info="")
+    """Every model x runtime, with a status line saying which one is running (minutes on a CPU);
+    the manifest's line says where the time went."""
+    from .results import evaluate_time_line
+
+    bar, start = state.progress, time.perf_counter()
+    task = bar.add_task("evaluate", total=None, info="") if bar is not None else None
     try:
-        result = evaluate_run(state.cfg, lambda what: bar.update(task, advance=1, info=what))
+        result = evaluate_run(state.cfg, (lambda what: bar.update(task, advance=1, info=what)) if bar else None)
     finally:
-        bar.remove_task(task)
+        if bar is not None:
+            bar.remove_task(task)
     skipped = sorted({x["runtime"] for x in result["skipped"]})
-    return f"{len(result['records'])} model x runtime records" + (f"; not run: {', '.join(skipped)}" if skipped else "")
+    return (f"{len(result['records'])} model x runtime records; " + evaluate_time_line(result["records"], time.perf_counter() - start)
+            + (f"; not run: {', '.join(skipped)}" if skipped else ""))
+
 
 
 def deploy_profile(run: Path) -> str:

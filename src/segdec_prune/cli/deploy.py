@@ -16,22 +16,26 @@ from .common import USER_ERRORS, ConfigOpt, SetOpt, app, console, counter, fail,
 
 
 def _evaluate_run(config: Path, set_: list[str] | None) -> None:
-    from ..results import RESULTS_FILE, evaluate_run
+    from ..results import RESULTS_FILE, evaluate_run, evaluate_time_line
     from ..tables import records_table, show
     from ..training import new_progress
 
     try:
         cfg = load_config(config, set_)
         lock_run(cfg.run_dir, "evaluate")
+        start = time.perf_counter()
         with new_progress() as bar:
             task = bar.add_task("evaluating", total=None, info="")
             result = evaluate_run(cfg, lambda step: bar.update(task, advance=1, info=step))
+        seconds = time.perf_counter() - start
     except (*USER_ERRORS, ValueError) as exc:
         fail(exc)
     show(console, records_table(result["records"], f"test set, {cfg.deploy.threads} threads; F1, FP/FN at each model's "
                                 "validation threshold; F1 test-opt. at the test split's own best threshold (optimistic)"))
     for s in result["skipped"]:
         console.print(f"skipped {s.get('model', '')} {s['runtime']}: {s['reason']}", markup=False, highlight=False)
+    console.print(f"{len(result['records'])} records in {seconds:.0f} s: {evaluate_time_line(result['records'], seconds)}",
+                  markup=False, highlight=False)
     console.print(f"wrote {cfg.run_dir / RESULTS_FILE}")
 
 
