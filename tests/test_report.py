@@ -1,21 +1,18 @@
 """The HTML report of a tiny pipeline run: contents, no paths outside the run folder, and in a real browser."""
 
-import html
 import json
 import os
 import re
-import shutil
-import subprocess
 
 import pytest
 from typer.testing import CliRunner
 
 from segdec_prune.cli import app
 
+from .browser import need_chromium, probe
 from .test_pipeline import CPU_KINDS, _config
 
 runner = CliRunner()
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
 
 # Injected first into a copy of the page: records errors, then on load clicks, filters and measures.
@@ -72,19 +69,12 @@ def test_report_has_every_record_and_no_path_outside_the_run(tiny_run):
 
 
 def test_report_in_headless_chromium(tiny_run, tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("no chromium here (.ci/run installs Debian's chromium package)")
+    need_chromium()
     _, run, _ = tiny_run
     page = (run / "report.html").read_text()
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("<head>", "<head>" + PROBE, 1))
-    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-                        "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-                       capture_output=True, text=True, timeout=120)
-    found = re.search(r'<pre id="probe">(.*?)</pre>', r.stdout, re.S)
-    assert found, r.stdout[-2000:] + r.stderr[-2000:]
-    out = json.loads(html.unescape(found.group(1)))
-    assert out["errors"] == [] and "Uncaught" not in r.stderr, (out["errors"], r.stderr[-2000:])
+    probe_file = tmp_path / "probe.html"
+    probe_file.write_text(page.replace("<head>", "<head>" + PROBE, 1))
+    out = probe(probe_file.as_uri())
     records = json.loads((run / "real_evaluation_results.json").read_text())["records"]
     assert out["rows"] == len(records)
     assert out["aria"] == "ascending" and out["asc"] == sorted(out["before"])

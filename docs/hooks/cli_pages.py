@@ -48,7 +48,8 @@ def on_pre_build(config) -> None:  # MkDocs hook
         log.warning("docs/cli/%s does not match the CLI's --help: run `python docs/hooks/cli_pages.py`", name)
 
 
-def write() -> None:
+def write() -> int:
+    """Rewrite docs/cli/ from the CLI (pages for commands that are gone are removed); the page count."""
     CLI_DIR.mkdir(exist_ok=True)
     want = pages()
     for old in CLI_DIR.glob("*.md"):
@@ -56,8 +57,8 @@ def write() -> None:
             old.unlink()
     for name, text in want.items():
         (CLI_DIR / name).write_text(text)
+    return len(want)
 
 
 if __name__ == "__main__":
-    write()
-    print(f"wrote {len(pages())} pages to {CLI_DIR}")
+    print(f"wrote {write()} pages to {CLI_DIR}")

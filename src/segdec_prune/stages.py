@@ -323,16 +323,17 @@ def _evaluate(state: RunState, evaluate_run) -> str:
     from .results import evaluate_time_line
 
     bar, start = state.progress, time.perf_counter()
-    task = bar.add_task("evaluate", total=None, info="") if bar is not None else None
-    try:
-        result = evaluate_run(state.cfg, (lambda what: bar.update(task, advance=1, info=what)) if bar else None)
-    finally:
-        if bar is not None:
+    if bar is None:
+        result = evaluate_run(state.cfg)
+    else:
+        task = bar.add_task("evaluate", total=None, info="")
+        try:
+            result = evaluate_run(state.cfg, lambda what: bar.update(task, advance=1, info=what))
+        finally:
             bar.remove_task(task)
     skipped = sorted({x["runtime"] for x in result["skipped"]})
     return (f"{len(result['records'])} model x runtime records; " + evaluate_time_line(result["records"], time.perf_counter() - start)
             + (f"; not run: {', '.join(skipped)}" if skipped else ""))
-
 
 
 def deploy_profile(run: Path) -> str:

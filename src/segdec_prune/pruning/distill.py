@@ -131,6 +131,7 @@ class VolumeDistillation:
         self.kept = torch.as_tensor(kept, dtype=torch.long)
         self.weight = weight
         self._volume: torch.Tensor | None = None
+        self._device: torch.device | None = None  # where teacher and `kept` are, once the student's volume is seen
         self._hook = student.volume.register_forward_hook(self._keep)
 
     def _keep(self, _module, _inputs, output: torch.Tensor) -> None:
@@ -139,14 +140,19 @@ class VolumeDistillation:
     def __call__(self, model: SegDecNet, batch: Batch, outputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         if self._volume is None:
             raise RuntimeError("the student's volume was not seen: was the hook's model the one trained?")
+        if self._device != self._volume.device:  # once: train() moves the student after __init__
+            self._device = self._volume.device
+            self.teacher.to(self._device)
+            self.kept = self.kept.to(self._device)
         with torch.no_grad():
-            target = self.teacher.to(self._volume.device).volume(batch["image"])[:, self.kept.to(self._volume.device)]
+            target = self.teacher.volume(batch["image"])[:, self.kept]
         return self.weight * F.mse_loss(self._volume, target)
 
     def close(self) -> None:
         self._hook.remove()
         self._volume = None
         self.teacher.to(self._teacher_device)
+        self._device = None
 
 
 def kept_after(kept: list[int], dropped: list[int]) -> list[int]:
@@ -162,4 +168,3 @@ def summed(*terms):
     if len(live) <= 1:
         return live[0] if live else None
     return lambda model, batch, outputs: sum(t(model, batch, outputs) for t in live)
-
