@@ -151,7 +151,7 @@ def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Datas
         def build(method: str, groups: tuple[str, ...]):
             exclude = conv_nodes(graph, [p for g in groups for p in FP32_GROUPS[g]])
             path = quantize_prepared(pre, tmp / f"c{next(count)}.onnx", calibration, search.op_types, method, exclude,
-                                     cache=tmp / f"{method}.json")
+                                     cache=tmp / f"{method}.json", threads=threads)
             return OnnxRuntime(path, threads=threads, precision="int8"), path
 
         path, choice, threshold = _search(_then_fp32_groups(search.calibrations, search), build, validation, ref,
