@@ -85,6 +85,27 @@ def test_int8_runs_and_tracks_fp32(run_dir, images, trained):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
 
 
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_calibration_on_our_one_thread_session_gives_the_ranges_of_onnx_runtimes_own(run_dir, images, tmp_path,
+                                                                                     monkeypatch, method):
+    """The calibrator's session is replaced by one of `threads` threads that does not spin; the
+    ranges it collects (and so the INT8 file) are those of ONNX Runtime's own session."""
+    import json
+
+    from segdec_prune.runtimes import onnxruntime_runtime as ortq
+
+    pre = ortq.prepare_for_quantization(run_dir / "onnx" / "baseline_best.onnx", tmp_path / "pre.onnx")
+    sessions = []
+    real = ortq.cpu_session
+    monkeypatch.setattr(ortq, "cpu_session", lambda *a, **k: sessions.append((a, k)) or real(*a, **k))
+    ortq._calibrate(pre, images, ["Conv"], method, False, tmp_path / "ours.json", threads=1)
+    assert [a[1] for a, _ in sessions] == [1] and sessions[0][1] == {"optimize": False}
+    monkeypatch.setattr(ortq, "cpu_session", lambda path, threads, optimize: real(path, 0, optimize=False))
+    ortq._calibrate(pre, images, ["Conv"], method, False, tmp_path / "all_cores.json", threads=0)
+    ours, theirs = (json.loads((tmp_path / f).read_text()) for f in ("ours.json", "all_cores.json"))
+    assert ours == theirs and len(ours) > 3  # min/max and histogram counts: exact whatever the threads
+
+
 @pytest.mark.parametrize("early_exit", [True, False])
 def test_int8_search_goes_on_until_a_candidate_holds_ap(run_dir, images, val_set, monkeypatch, early_exit):
     """The first candidate (minmax) loses AP: the early exit stops at the next one that holds it,

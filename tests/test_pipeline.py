@@ -94,13 +94,10 @@ def test_run_end_to_end_then_nothing_to_do(tiny_synth, tmp_path):
         assert (run / "charts" / name).stat().st_size > 10_000
     manifest = json.loads((run / "manifest.json").read_text())["steps"]
     assert manifest["train"]["status"] == "done" and manifest["train"]["versions"]["torch"]
-    # the test passes ran in one step per model, beside other steps; evaluate only timed, and says so
+    # evaluate says where its time went: a test pass per runtime x dtype, summed from the records
     passes = sum(r["eval_seconds"] for r in res["records"])
-    assert {n for n in manifest if n.startswith("test:")} == {f"test:{m}" for m in models}
-    assert all(manifest[f"test:{m}"]["status"] == "done" for m in models) and res["seconds"]["tested_here"] == 0
-    assert re.search(rf"test passes {passes:.0f} s \(torch fp32 \d+, onnxruntime fp32 \d+, onnxruntime int8 \d+.*; "
-                     r"0 s of them in this step\), latency and throughput \d+ s", manifest["evaluate"]["detail"]), \
-        manifest["evaluate"]["detail"]
+    assert re.search(rf"test passes {passes:.0f} s \(torch fp32 \d+, onnxruntime fp32 \d+, onnxruntime int8 \d+.*\), "
+                     r"the rest \d+ s", manifest["evaluate"]["detail"]), manifest["evaluate"]["detail"]
     assert not list(run.rglob(".*.tmp"))
     teacher = list((run / "teacher").glob("outputs_*.pt"))  # one teacher pass, shared by both models
     digest = sha256(run / "models" / "baseline_best.pth")

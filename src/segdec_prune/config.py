@@ -197,8 +197,7 @@ class DeployConfig:
     threads: int = 2  # fixed intra-op threads for every latency figure
     warmup: int = 5
     runs: int = 30  # timed batch-1 runs per model and runtime
-    throughput_batch: int = 8  # the test passes' batch, and throughput's
-    throughput_runs: int = 3  # timed calls at that batch per model and runtime, after an untimed one (median)
+    throughput_batch: int = 8
     seed: int = 0
 
     def validate(self) -> None:
@@ -217,7 +216,6 @@ class DeployConfig:
         _require("deploy.runs", self.runs >= 3, f"must be >= 3, got {self.runs}")
         _require("deploy.warmup", self.warmup >= 0, f"must be >= 0, got {self.warmup}")
         _require("deploy.throughput_batch", self.throughput_batch >= 1, f"must be >= 1, got {self.throughput_batch}")
-        _require("deploy.throughput_runs", self.throughput_runs >= 1, f"must be >= 1, got {self.throughput_runs}")
 
 
 @dataclass

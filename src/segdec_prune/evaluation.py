@@ -176,30 +176,16 @@ def interleaved_latency(runtimes: Sequence[Runtime], sample: np.ndarray, warmup:
     instead of all runs of whichever model was measured at the time. Each block starts with one
     untimed run (caches, and the previous model's thread pool still spinning).
     """
-    return [latency_summary(t) for t in _interleaved(runtimes, sample[None], warmup, runs, rounds, syncs)]
-
-
-def interleaved_throughput(runtimes: Sequence[Runtime], batch: np.ndarray, runs: int = 3,
-                           syncs: Sequence[Callable[[], None] | None] | None = None) -> list[float]:
-    """Images per second of several runtimes on one batch [B,C,H,W]: B over the median seconds of
-    `runs` calls after one untimed call, runtime after runtime (a batch call lasts ~B latency runs:
-    a slow spell shows in one call, which the median ignores)."""
-    return [len(batch) / float(np.median(t)) for t in _interleaved(runtimes, batch, 0, runs, 1, syncs)]
-
-
-def _interleaved(runtimes: Sequence[Runtime], batch: np.ndarray, warmup: int, runs: int, rounds: int,
-                 syncs: Sequence[Callable[[], None] | None] | None) -> list[list[float]]:
-    """Seconds per call of each runtime on `batch`: `warmup` untimed calls each, then `rounds`
-    blocks, every runtime in turn, each block after one untimed call."""
-    x = np.ascontiguousarray(batch, dtype=np.float32)
+    one = np.ascontiguousarray(sample[None], dtype=np.float32)
     syncs = list(syncs or [None] * len(runtimes))
     rounds = max(1, min(rounds, runs))
     times: list[list[float]] = [[] for _ in runtimes]
     for rt, sync in zip(runtimes, syncs):
-        latency_samples(rt, x, warmup, sync)
+        latency_samples(rt, one, warmup, sync)
     for r in range(rounds):
         block = runs // rounds + (r < runs % rounds)
         for rt, sync, acc in zip(runtimes, syncs, times):
-            latency_samples(rt, x, 1, sync)
-            acc.extend(latency_samples(rt, x, block, sync))
-    return times
+            if r:
+                latency_samples(rt, one, 1, sync)
+            acc.extend(latency_samples(rt, one, block, sync))
+    return [latency_summary(t) for t in times]

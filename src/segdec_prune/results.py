@@ -23,7 +23,7 @@ from .artifacts import strict_json, write_json
 from .config import Config
 from .data.dataset import KSDD2Dataset, load_split, preprocessing_for
 from .deploy import artifact_path, model_paths, onnx_info, onnx_path, open_runtime
-from .evaluation import evaluate_predictions, interleaved_latency, interleaved_throughput, predict
+from .evaluation import evaluate_predictions, interleaved_latency, predict
 from .profiling import profile_run
 from .runtimes.base import CPU_RUNTIMES
 
@@ -73,121 +73,54 @@ def artifacts_of(run_dir: Path, name: str) -> list[tuple[str, str, Path]]:
     return [c for c in candidates if c[2].is_file()]
 
 
-TEST_DIR = "test"  # test/{model}.json: one model's test-split metrics per runtime (the `test:` steps)
-
-
-def model_test_file(run_dir: Path, name: str) -> Path:
-    return run_dir / TEST_DIR / f"{name}.json"
-
-
-def _test_key(cfg: Config, name: str) -> dict:
-    """What one model's test metrics depend on: its artifacts, the test images, how they are preprocessed."""
-    from .pipeline import fingerprint, params_hash
-
-    return {"artifacts": {f"{rt} {dt}": fingerprint(p) for rt, dt, p in artifacts_of(cfg.run_dir, name)},
-            "data": fingerprint(Path(cfg.data.root) / "test"),
-            "preprocessing": params_hash(preprocessing_for(cfg.data, cfg.train).__dict__),
-            "batch": cfg.deploy.throughput_batch}
-
-
-def load_test_set(cfg: Config) -> KSDD2Dataset:
-    return KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
-
-
-def model_test_passes(cfg: Config, name: str, test_set: KSDD2Dataset | None = None, threads: int = 0,
-               on_step: Callable[[str], None] | None = None) -> dict:
-    """Every artifact of one model through the whole test split -> test/{name}.json: each runtime's
-    metrics at the model's validation threshold, and what could not run. No speed is measured
-    here: these passes run beside other steps, so `evaluate` times every model together, alone."""
-    run_dir = cfg.run_dir
-    test_set = test_set if test_set is not None else load_test_set(cfg)
-    rows, skipped = [], []
-    for runtime, precision, path in artifacts_of(run_dir, name):
-        if on_step:
-            on_step(f"{name} {runtime} {precision}")
-        try:
-            rt, info = open_runtime(path, threads=threads)
-        except Exception as exc:  # e.g. an engine on a machine without TensorRT, an IR without OpenVINO
-            skipped.append({"model": name, "runtime": runtime, "dtype": precision, "reason": str(exc)})
-            continue
-        if info.threshold is None and onnx_path(run_dir, name).is_file():
-            # A checkpoint from before thresholds were stored: its export computed one on the
-            # validation split for the same weights; use that, so every runtime of a model decides alike.
-            info.threshold = onnx_info(onnx_path(run_dir, name)).threshold
-        t0 = time.perf_counter()
-        preds = predict(rt, test_set, cfg.deploy.throughput_batch, getattr(rt, "sync", None))
-        rows.append({"runtime": runtime, "dtype": precision, "artifact": str(path), "artifact_bytes": path.stat().st_size,
-                     "device": getattr(rt, "device", "cpu") if runtime not in CPU_RUNTIMES + ("torch",) else
-                     platform.processor() or platform.machine(),
-                     **evaluate_predictions(preds, test_set, info.decision_threshold),
-                     "threshold_source": info.threshold_source, "int8": info.metadata.get("int8"),
-                     "eval_seconds": time.perf_counter() - t0})
-    doc = {"model": name, "key": _test_key(cfg, name), "records": rows, "skipped": skipped}
-    write_json(doc, model_test_file(run_dir, name))
-    return doc
-
-
-def _tested(cfg: Config, name: str) -> dict | None:
-    """test/{name}.json when it was computed from the artifacts, images and settings there now."""
-    path = model_test_file(cfg.run_dir, name)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if doc.get("key") == _test_key(cfg, name) else None
-
-
-def _timing_images(cfg: Config) -> np.ndarray:
-    """The first `throughput_batch` test images, preprocessed: what latency and throughput run on."""
-    from .data.ksdd2 import preprocess, scan_split
-
-    pre = preprocessing_for(cfg.data, cfg.train)
-    refs = scan_split(cfg.data.root, "test")[: cfg.deploy.throughput_batch]
-    return np.stack([preprocess(r, pre)["image"].transpose(2, 0, 1) for r in refs]).astype(np.float32) / 255.0
-
-
 def evaluate_run(cfg: Config, on_step: Callable[[str], None] | None = None) -> dict:
-    """Every model x runtime of the run -> real_evaluation_results.json. Test metrics come from each
-    model's test/{name}.json (the pipeline's `test:` steps; passes missing or stale run here), then
-    every runtime is timed, interleaved on this machine: batch-1 latency and batch throughput."""
     run_dir = cfg.run_dir
     dep = cfg.deploy
     profile_file = run_dir / "profiling_results.json"
     paths = model_paths(run_dir)
+    names = [p.stem for p in paths]
     profile = json.loads(profile_file.read_text())["models"] if profile_file.is_file() else {}
     if any(profile.get(p.stem, {}).get("file_bytes") != p.stat().st_size for p in paths):
         profile = profile_run(run_dir)["models"]  # missing or stale: profile again
-    test_set: KSDD2Dataset | None = None
-    records, skipped, opened, tested_here = [], [], [], 0.0
-    for name in (p.stem for p in paths):
-        doc = _tested(cfg, name)
-        if doc is None:
-            test_set = test_set if test_set is not None else load_test_set(cfg)
-            doc = model_test_passes(cfg, name, test_set, dep.threads, on_step)
-            tested_here += sum(r["eval_seconds"] for r in doc["records"])
-        skipped += doc["skipped"]
+    test_set = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
+    sample = test_set[0]["image"].numpy()
+    records, skipped, opened = [], [], []
+    for name in names:
         prof = profile.get(name, {})
-        for row in doc["records"]:
+        for runtime, precision, path in artifacts_of(run_dir, name):
+            if on_step:
+                on_step(f"{name} {runtime} {precision}")
             try:
-                rt, _ = open_runtime(row["artifact"], threads=dep.threads)
-            except Exception as exc:  # it ran in its test step, on another node of a cluster
-                skipped.append({"model": name, "runtime": row["runtime"], "dtype": row["dtype"], "reason": str(exc)})
+                rt, info = open_runtime(path, threads=dep.threads)
+            except Exception as exc:  # e.g. an engine on a machine without TensorRT, an IR without OpenVINO
+                skipped.append({"model": name, "runtime": runtime, "dtype": precision, "reason": str(exc)})
                 continue
-            records.append({"model": name, "method": prof.get("method"), "ratio": prof.get("ratio"), **row,
-                            "threads": dep.threads, **{k: prof.get(k) for k in
-                                                       ("widths", "parameters", "macs", "param_reduction",
-                                                        "mac_reduction", "budget")}})
+            if info.threshold is None and onnx_path(run_dir, name).is_file():
+                # A checkpoint from before thresholds were stored: its export computed one on the
+                # validation split for the same weights; use that, so every runtime of a model decides alike.
+                info.threshold = onnx_info(onnx_path(run_dir, name)).threshold
+            t0 = time.perf_counter()
+            preds = predict(rt, test_set, dep.throughput_batch, getattr(rt, "sync", None))
+            metrics = evaluate_predictions(preds, test_set, info.decision_threshold)
+            records.append({
+                "model": name, "method": prof.get("method"), "ratio": prof.get("ratio"),
+                "runtime": runtime, "dtype": precision, "artifact": str(path), "artifact_bytes": path.stat().st_size,
+                "device": getattr(rt, "device", "cpu") if runtime not in CPU_RUNTIMES + ("torch",) else
+                platform.processor() or platform.machine(),
+                "threads": dep.threads,
+                **{k: prof.get(k) for k in ("widths", "parameters", "macs", "param_reduction", "mac_reduction", "budget")},
+                **metrics, "threshold_source": info.threshold_source, "int8": info.metadata.get("int8"),
+                **preds.throughput(), "eval_seconds": time.perf_counter() - t0,
+            })
             opened.append(rt)
-    t0 = time.perf_counter()
-    _add_speed(records, opened, _timing_images(cfg), dep, on_step)
+    _add_latency(records, opened, sample, dep.warmup, dep.runs, on_step)
     for runtime, reason in _unavailable().items():
         skipped.append({"runtime": runtime, "reason": reason})
     _add_predicted_latency(records, cfg)
     _add_speedups(records)
     result = {"schema_version": SCHEMA_VERSION, "run": str(run_dir), "data": cfg.data.root, "split": "test",
               "input_size": [cfg.data.input_height, cfg.data.input_width], "profiling": str(profile_file),
-              "libraries": library_versions(), "records": records, "skipped": skipped,
-              "seconds": {"tested_here": tested_here, "timing": time.perf_counter() - t0}}
+              "libraries": library_versions(), "records": records, "skipped": skipped}
     validate_results(result)  # a file that breaks its own schema is a bug here, not the reader's problem
     write_json(result, run_dir / RESULTS_FILE)
     return result
@@ -234,23 +167,21 @@ def ship_rows(records: list[dict]) -> list[dict]:
     return base[:1] + [r for r in front if r not in base[:1]]
 
 
-def _add_speed(records: list[dict], runtimes: list, images: np.ndarray, dep, on_step: Callable[[str], None] | None) -> None:
-    """Batch-1 latency and batch throughput of every model x runtime of one device, interleaved (all
-    CPU runtimes together; a GPU runtime on its own), so the ratios between models and between
-    runtimes are like for like."""
+def _add_latency(records: list[dict], runtimes: list, sample, warmup: int, runs: int,
+                 on_step: Callable[[str], None] | None) -> None:
+    """Latency of every model x runtime of one device, interleaved (all CPU runtimes together; a GPU
+    runtime on its own), so the ratios between models and between runtimes are like for like."""
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         on_cpu = r["runtime"] in CPU_RUNTIMES or str(getattr(runtimes[i], "device", "cpu")) == "cpu"
         groups.setdefault("cpu" if on_cpu else r["runtime"], []).append(i)
     for device, idx in groups.items():
         if on_step:
-            on_step(f"latency and throughput {device} ({len(idx)} model x runtime records, interleaved)")
+            on_step(f"latency {device} ({len(idx)} model x runtime records, interleaved)")
         rts = [runtimes[i] for i in idx]
-        syncs = [getattr(rt, "sync", None) for rt in rts]
-        latency = interleaved_latency(rts, images[0], dep.warmup, dep.runs, syncs=syncs)
-        throughput = interleaved_throughput(rts, images, dep.throughput_runs, syncs=syncs)
-        for i, lat, ips in zip(idx, latency, throughput):
-            records[i].update(lat, throughput_ips=ips, throughput_batch=len(images))
+        summaries = interleaved_latency(rts, sample, warmup, runs, syncs=[getattr(rt, "sync", None) for rt in rts])
+        for i, summary in zip(idx, summaries):
+            records[i].update(summary)
 
 
 def _add_predicted_latency(records: list[dict], cfg: Config) -> None:
@@ -278,14 +209,13 @@ def _unavailable() -> dict[str, str]:
     return {k: v for k, v in reasons.items() if v}
 
 
-def evaluate_time_line(result: dict, seconds: float) -> str:
-    """Where evaluation's time went: the test passes per runtime and dtype (in the `test:` steps of a
-    run, or here where one was missing or stale), then the interleaved latency and throughput runs."""
+def evaluate_time_line(records: list[dict], seconds: float) -> str:
+    """Where evaluate's time went: the test passes per runtime and dtype (each is also the throughput
+    timing), and the rest (loading, the interleaved latency runs)."""
     passes: dict[str, float] = {}
-    for r in result["records"]:
+    for r in records:
         key = f"{r['runtime']} {r['dtype']}"
         passes[key] = passes.get(key, 0.0) + float(r.get("eval_seconds") or 0.0)
-    total, here = sum(passes.values()), result["seconds"]["tested_here"]
+    total = sum(passes.values())
     parts = ", ".join(f"{k} {v:.0f}" for k, v in passes.items())
-    return (f"test passes {total:.0f} s ({parts}; {here:.0f} s of them in this step), latency and throughput "
-            f"{result['seconds']['timing']:.0f} s, the rest {max(seconds - here - result['seconds']['timing'], 0):.0f} s (loading)")
+    return f"test passes {total:.0f} s ({parts}), the rest {max(seconds - total, 0):.0f} s (loading, latency)"

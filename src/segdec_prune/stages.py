@@ -67,14 +67,6 @@ class RunState:
         return train_val_datasets(self.cfg.data, preprocessing_for(self.cfg.data, self.cfg.train))
 
     @cached_property
-    def test_set(self) -> KSDD2Dataset:
-        if self.data_from is not None:
-            return self.data_from.test_set
-        from .results import load_test_set
-
-        return load_test_set(self.cfg)
-
-    @cached_property
     def baseline(self) -> Checkpoint:
         """The baseline checkpoint, checked against the config's input size."""
         path, data = self.baseline_file, self.cfg.data
@@ -162,7 +154,7 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
     """Every step of the pipeline for this config, in order."""
     from . import deploy
     from .calibration import build_calibration_set, calibration_path, load_calibration
-    from .results import RESULTS_FILE, evaluate_run, model_test_file
+    from .results import RESULTS_FILE, evaluate_run
 
     run = cfg.run_dir
     data = Path(cfg.data.root)
@@ -195,19 +187,12 @@ def plan(cfg: Config, state: RunState) -> list[Step]:
                               {**search, **(config_sections(cfg, "data") if on_val else {})},
                               lambda out=out: [out] if out.exists() else [], f"build-{rt}-{dt}", [out],
                               gpu=rt == "tensorrt", unavailable=lambda rt=rt: unavailable_reason(rt) or ""))
-    kinds = (("torch", "fp32"), ("onnxruntime", "fp32"), *BUILDS)
-    runtimes = {"trt": unavailable_reason("tensorrt") is None,
-                **({"openvino": True} if unavailable_reason("openvino") is None else {})}
-    tested = [model_test_file(run, n) for n in models]
-    for n, out in zip(models, tested):  # test-split metrics, one model per step: beside other steps
-        arts = [deploy.artifact_path(run, n, rt, dt) for rt, dt in kinds]  # "missing" where not built
-        steps.append(Step(f"test:{n}", lambda n=n: _test(state, n), [*arts, data],
-                          {**config_sections(cfg, "data"), "batch": cfg.deploy.throughput_batch, **runtimes},
-                          lambda out=out: [out], "test", gpu=True))
-    artifacts = [deploy.artifact_path(run, n, rt, dt) for n in models for rt, dt in kinds]
+    artifacts = [deploy.artifact_path(run, n, rt, dt) for n in models
+                 for rt, dt in (("torch", "fp32"), ("onnxruntime", "fp32"), *BUILDS)]  # "missing" where not built
     results = run / RESULTS_FILE
-    steps.append(Step("evaluate", lambda: _evaluate(state, evaluate_run), [*artifacts, *tested],
-                      {**config_sections(cfg, "deploy"), **runtimes}, lambda: [results],
+    steps.append(Step("evaluate", lambda: _evaluate(state, evaluate_run), artifacts,
+                      {**config_sections(cfg, "deploy"), "trt": unavailable_reason("tensorrt") is None,
+                       **({"openvino": True} if unavailable_reason("openvino") is None else {})}, lambda: [results],
                       gpu=True, exclusive=True))  # times every model: alone on its node
     steps.append(Step("charts", lambda: _charts(cfg), [results], {}, lambda: _chart_files(run)))
     steps.append(Step("report", lambda: _report(cfg), [results, run / "profiling_results.json", *_chart_files(run),
@@ -347,18 +332,8 @@ def _evaluate(state: RunState, evaluate_run) -> str:
         finally:
             bar.remove_task(task)
     skipped = sorted({x["runtime"] for x in result["skipped"]})
-    return (f"{len(result['records'])} model x runtime records; " + evaluate_time_line(result, time.perf_counter() - start)
+    return (f"{len(result['records'])} model x runtime records; " + evaluate_time_line(result["records"], time.perf_counter() - start)
             + (f"; not run: {', '.join(skipped)}" if skipped else ""))
-
-
-def _test(state: RunState, name: str) -> str:
-    """One model's test passes, at this process's threads (a worker's share of the cores)."""
-    from .results import model_test_passes
-
-    doc = model_test_passes(state.cfg, name, state.test_set, torch.get_num_threads())
-    seconds = sum(r["eval_seconds"] for r in doc["records"])
-    aps = ", ".join(f"{r['runtime']} {r['dtype']} {r['ap']:.4f}" for r in doc["records"])
-    return f"test AP {aps} ({seconds:.0f} s)" + (f"; not run: {len(doc['skipped'])}" if doc["skipped"] else "")
 
 
 def deploy_profile(run: Path) -> str:

@@ -34,7 +34,7 @@ def _evaluate_run(config: Path, set_: list[str] | None) -> None:
                                 "validation threshold; F1 test-opt. at the test split's own best threshold (optimistic)"))
     for s in result["skipped"]:
         console.print(f"skipped {s.get('model', '')} {s['runtime']}: {s['reason']}", markup=False, highlight=False)
-    console.print(f"{len(result['records'])} records in {seconds:.0f} s: {evaluate_time_line(result, seconds)}",
+    console.print(f"{len(result['records'])} records in {seconds:.0f} s: {evaluate_time_line(result['records'], seconds)}",
                   markup=False, highlight=False)
     console.print(f"wrote {cfg.run_dir / RESULTS_FILE}")
 
