@@ -94,3 +94,11 @@ def test_user_errors_are_one_clear_line(tmp_path):
     assert r.exit_code == 2 and "no baseline checkpoint" in r.output
     r = runner.invoke(app, ["prune", "--config", str(good), "--set", "prune.ratios=[0.2, 1.0]", "--all"])
     assert r.exit_code == 2 and "prune.ratios" in r.output
+
+
+def test_a_long_error_stays_one_line_under_an_80_column_console(tmp_path):
+    """Piped output (CI, `| grep`) has 80 columns: the error is still one line, its spaces kept."""
+    missing = tmp_path / ("a rather long folder name " * 4).strip() / "model.onnx"
+    r = runner.invoke(app, ["evaluate", "--model", str(missing)])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert str(missing) in r.output

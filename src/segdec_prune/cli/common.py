@@ -66,9 +66,11 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 
 def fail(exc: Exception | str, code: int = 2) -> None:
-    """One red line, then exit (2: how every command reports bad input)."""
+    """One red line, then exit (2: how every command reports bad input). Never wrapped by us
+    (soft wrap: the terminal folds it): a piped or 80-column console would otherwise break it
+    into lines, and a wrap at a space dropped the space for anyone joining them."""
     console.print("[bold red]error:[/]", end=" ")
-    console.print(str(exc), markup=False, highlight=False)
+    console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
