@@ -100,8 +100,17 @@ def test_calibration_on_our_one_thread_session_gives_the_ranges_of_onnx_runtimes
     monkeypatch.setattr(ortq, "cpu_session", lambda *a, **k: sessions.append((a, k)) or real(*a, **k))
     ortq._calibrate(pre, images, ["Conv"], method, False, tmp_path / "ours.json", threads=1)
     assert [a[1] for a, _ in sessions] == [1] and sessions[0][1] == {"optimize": False}
-    monkeypatch.setattr(ortq, "cpu_session", lambda path, threads, optimize: real(path, 0, optimize=False))
-    ortq._calibrate(pre, images, ["Conv"], method, False, tmp_path / "all_cores.json", threads=0)
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    own, create = {}, CalibraterBase.create_inference_session  # keep the session ONNX Runtime opens itself
+
+    def record(self):
+        create(self)
+        own["session"] = self.infer_session
+
+    monkeypatch.setattr(CalibraterBase, "create_inference_session", record)
+    monkeypatch.setattr(ortq, "cpu_session", lambda *a, **k: own["session"])
+    ortq._calibrate(pre, images, ["Conv"], method, False, tmp_path / "all_cores.json", threads=1)
     ours, theirs = (json.loads((tmp_path / f).read_text()) for f in ("ours.json", "all_cores.json"))
     assert ours == theirs and len(ours) > 3  # min/max and histogram counts: exact whatever the threads
 
