@@ -1,6 +1,7 @@
 """ONNX export, ONNX Runtime FP32/INT8, latency, and the TensorRT path (skipped without a GPU)."""
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -227,3 +228,44 @@ def test_damaged_model_files_give_one_clear_line(run_dir, tmp_path, tiny_synth, 
     r = CliRunner().invoke(app, ["evaluate", "--model", str(engine), "--data", str(tiny_synth)])
     out = r.output.replace("\n", "")
     assert r.exit_code == 2 and str(engine) in out and "Traceback" not in out, r.output
+
+
+def test_openvinos_qdq_candidate_inherits_onnx_runtimes_validation_only_when_it_runs_the_file_as_faithfully():
+    """Below tolerance on its own validation AP, OpenVINO's run of ONNX Runtime's chosen QDQ file
+    holds only when ONNX Runtime's search held that file and OpenVINO's logits stay as close to FP32."""
+    from segdec_prune.int8 import QDQ_LOGIT_SLACK, by_validation_ap, inherits_ort_validation
+
+    ort = {"within_tolerance": True, "logit_error": 0.1}
+    holds = inherits_ort_validation(ort)
+    row = {"calibration": "qdq", "val_ap": 0.80, "logit_error": 0.1 * QDQ_LOGIT_SLACK}
+    assert by_validation_ap(row, 0.82, 0.005) == ""  # 2 points below FP32 on validation
+    assert holds(row, 0.82, 0.005) == "ONNX Runtime's validation of this QDQ file"
+    assert holds(row, 0.80, 0.005) == "validation AP"  # its own AP holds: said so first
+    assert holds({**row, "logit_error": 0.1 * QDQ_LOGIT_SLACK + 1e-3}, 0.82, 0.005) == ""  # OpenVINO drifts further
+    assert holds({**row, "calibration": "nncf"}, 0.82, 0.005) == ""  # another quantization: its own AP only
+    assert inherits_ort_validation({**ort, "within_tolerance": False})(row, 0.82, 0.005) == ""
+    assert inherits_ort_validation(None)(row, 0.82, 0.005) == ""  # no ONNX Runtime INT8 file
+
+
+
+@pytest.mark.parametrize("ort_error, tried", [(0.25, ["qdq"]), (0.1, ["qdq", "nncf"])])
+def test_openvinos_early_exit_stops_at_the_qdq_file_only_when_it_inherits(val_set, monkeypatch, ort_error, tried):
+    """qdq ranks one defect below a good image (validation AP falls), its logits move by 0.29 on
+    average: with ONNX Runtime's search at 0.25 it holds and the search stops; at 0.1 NNCF runs."""
+    import segdec_prune.int8 as int8
+
+    ref = np.where(val_set.labels, 0.9, 0.1)
+    qdq = ref.copy()
+    qdq[np.flatnonzero(val_set.labels)[0]] = 0.08
+    scores = iter([qdq, ref])  # qdq, then nncf (equal to FP32)
+
+    def fake(runtime, dataset, batch_size=8):
+        return SimpleNamespace(scores=next(scores))
+
+    monkeypatch.setattr(int8, "predict", fake)
+    search = Int8Search(fp32_candidates=("seg_head",), early_exit=True)
+    order = int8._then_fp32_groups(["qdq", "nncf"], search, base="nncf")
+    _, choice, _ = int8._search(order, lambda m, g: (None, m), val_set, ref, search, None, "test",
+                                int8.inherits_ort_validation({"within_tolerance": True, "logit_error": ort_error}))
+    assert [c["calibration"] for c in choice.candidates] == tried and choice.within_tolerance
+    assert choice.held_by == ("ONNX Runtime's validation of this QDQ file" if tried == ["qdq"] else "validation AP")

@@ -69,3 +69,21 @@ def test_the_step_line_and_the_checkpoint_say_what_the_refit_did(trained, tiny_c
     meta = load_checkpoint(out.path).metadata
     assert meta["rounds"][0]["val_ap_pruned"] == out.val_ap_pruned
     assert 0 < meta["rounds"][0]["seg_refit_r2"] <= 1
+
+
+def test_one_pass_through_the_volume_validates_both_read_outs(trained, sets):
+    """What prune_and_recover measures before and after the refit, from one volume pass: the same
+    as validating each read-out in its own model."""
+    from segdec_prune.training import validate, validate_seg_heads
+
+    val, cpu = sets[1], torch.device("cpu")
+    other = copy.deepcopy(trained.seg_mask)
+    with torch.no_grad():
+        other[0].weight.mul_(-2.0)
+    swapped = copy.deepcopy(trained)
+    swapped.seg_mask = copy.deepcopy(other)
+    for got, ref in zip(validate_seg_heads(trained, val, cpu, [other, trained.seg_mask]),
+                        (validate(swapped, val, cpu), validate(trained, val, cpu))):
+        assert got.ap == ref.ap and got.threshold == ref.threshold
+        torch.testing.assert_close(torch.from_numpy(got.scores), torch.from_numpy(ref.scores))
+    assert not torch.equal(*(torch.from_numpy(v.scores) for v in validate_seg_heads(trained, val, cpu, [other, trained.seg_mask])))

@@ -134,9 +134,35 @@ def _build_watching_datasets(shipped, monkeypatch, runtime):
 
 def test_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
     _, choice, seen, val_ids, test_ids = _build_watching_datasets(shipped, monkeypatch, "onnxruntime")
-    assert len(seen) == 1 + len(choice["candidates"]) == 1 + 2 + 1  # FP32, 2 calibrations, 1 FP32 layer group
+    assert len(seen) == len(choice["candidates"]) == 2 + 1  # 2 calibrations, 1 FP32 layer group; FP32's scores stored
+    assert choice["reference"].startswith("validation scores stored at training")
     assert all(ids == val_ids for ids in seen) and not val_ids & test_ids
     assert choice["val_images"] == len(val_ids) and {c["calibration"] for c in choice["candidates"]} == {"minmax", "percentile"}
+
+
+def test_the_int8_builds_reuse_the_validation_scores_stored_at_training_only_for_the_same_images(shipped):
+    """Prune stored the model's validation scores and export carried them: they equal a pass of
+    the FP32 file, no INT8 file carries them, and other images (one fewer, one changed) get None."""
+    from segdec_prune.data.dataset import KSDD2Dataset
+    from segdec_prune.deploy import open_runtime, stored_val_scores
+    from segdec_prune.evaluation import predict
+    from segdec_prune.stages import RunState
+
+    cfg, run = shipped
+    val = RunState(load_config(cfg)).sets[1]
+    info = onnx_info(run / "onnx" / "naive_l1_r50.onnx")
+    stored = stored_val_scores(info, val)
+    fresh = predict(open_runtime(run / "onnx" / "naive_l1_r50.onnx", threads=1)[0], val).scores
+    assert stored is not None and len(stored) == len(val)
+    np.testing.assert_allclose(stored, fresh, atol=1e-5, rtol=0)
+    int8 = [onnx_info(run / "onnx" / "naive_l1_r50_int8.onnx")]
+    int8 += [ir_info(run / "openvino" / "naive_l1_r50_int8.xml")] if OPENVINO else []
+    assert all("val_scores" not in i.metadata and "int8" in i.metadata for i in int8)
+    changed = [dict(s) for s in val.samples]
+    changed[0]["image"] = changed[0]["image"].copy()
+    changed[0]["image"][0, 0, 0] ^= 1
+    assert stored_val_scores(info, KSDD2Dataset(val.samples[1:])) is None
+    assert stored_val_scores(info, KSDD2Dataset(changed)) is None
 
 
 def test_validation_threshold_drives_evaluate_and_the_ship_table(shipped):
@@ -254,7 +280,7 @@ def test_openvino_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
     path, choice, seen, val_ids, test_ids = _build_watching_datasets(shipped, monkeypatch, "openvino")
     tried = [(c["calibration"], c["fp32_layers"]) for c in choice["candidates"]]
     assert tried == [("qdq", []), ("nncf", []), ("nncf", ["first_conv"])]  # the full search of the config
-    assert len(seen) == 1 + 3 and all(ids == val_ids for ids in seen) and not val_ids & test_ids
+    assert len(seen) == 3 and all(ids == val_ids for ids in seen) and not val_ids & test_ids  # FP32's scores stored
     assert path.suffix == ".xml" and ir_info(path).metadata["int8"]["val_images"] == len(val_ids)
 
 

@@ -64,6 +64,25 @@ class Threshold:
         return cls(float(d["value"]), str(d.get("source", "")), d.get("f1"))
 
 
+@dataclass(frozen=True)
+class ValScores:
+    """A model's decision scores on the validation split where it was selected, and that split's
+    fingerprint (`KSDD2Dataset.fingerprint`): the INT8 searches take them as the FP32 reference
+    instead of one more validation pass per build, but only for the very same images."""
+
+    fingerprint: str
+    scores: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "scores": list(self.scores)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "ValScores | None":
+        if not isinstance(d, dict) or not isinstance(d.get("fingerprint"), str) or not isinstance(d.get("scores"), list):
+            return None
+        return cls(d["fingerprint"], tuple(float(x) for x in d["scores"]))
+
+
 @dataclass
 class Checkpoint:
     model: SegDecNet
@@ -74,6 +93,11 @@ class Checkpoint:
     def threshold(self) -> Threshold | None:
         """The decision threshold train/prune chose on the validation split (None: not stored)."""
         return Threshold.from_dict(self.metadata.get("threshold"))
+
+    @property
+    def val_scores(self) -> ValScores | None:
+        """The validation scores train/prune computed for these weights (None: not stored)."""
+        return ValScores.from_dict(self.metadata.get("val_scores"))
 
     @property
     def data_root(self) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from .artifacts import atomic_write
-from .checkpoint import DEFAULT_THRESHOLD, Checkpoint, InputSpec, Threshold, load_checkpoint
+from .checkpoint import DEFAULT_THRESHOLD, Checkpoint, InputSpec, Threshold, ValScores, load_checkpoint
 from .export import ExportCheckError, export_and_verify
 from .runtimes.base import RUNTIMES
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .int8 import Int8Search
 
 PREFIX = "segdec_prune."  # ONNX metadata keys
+VAL_SCORES = "val_scores"  # the FP32 model's validation scores: in FP32 files only, never in an INT8 one
 
 
 def model_paths(run_dir: Path) -> list[Path]:
@@ -65,6 +66,8 @@ def export_checkpoint(ckpt: Checkpoint, name: str, images: np.ndarray, out: Path
     meta = {"name": name, "input_spec": json.dumps(asdict(spec)), "data_root": ckpt.data_root}
     if threshold := threshold or ckpt.threshold:
         meta["threshold"] = json.dumps(threshold.to_dict())
+    if scores := ckpt.val_scores:  # the INT8 builds' FP32 reference (int8.py), for one pass fewer each
+        meta[VAL_SCORES] = json.dumps(scores.to_dict())
     meta = {PREFIX + k: v for k, v in meta.items()}
     return export_and_verify(ckpt.model, spec.height, spec.width, images, out, meta)
 
@@ -131,6 +134,15 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
+def stored_val_scores(info: ModelInfo, validation: "KSDD2Dataset") -> np.ndarray | None:
+    """The scores training recorded for this model on `validation`, if they are of these very
+    images (same fingerprint); else None, and the caller runs the pass itself."""
+    scores = ValScores.from_dict(info.metadata.get(VAL_SCORES))
+    if scores is None or scores.fingerprint != validation.fingerprint or len(scores.scores) != len(validation):
+        return None
+    return np.asarray(scores.scores, dtype=np.float32)
+
+
 def checkpoint_info(ckpt: Checkpoint) -> ModelInfo:
     return ModelInfo(ckpt.input_spec, ckpt.data_root, ckpt.threshold, {"name": ckpt.metadata.get("name")})
 
@@ -167,7 +179,8 @@ def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calib
         if precision == "int8":
             if validation is None:
                 raise ValueError("ONNX Runtime INT8 is chosen on the validation split: pass it")
-            build_int8(fp32, out, calibration, validation, search, on_candidate)
+            build_int8(fp32, out, calibration, validation, search, on_candidate,
+                       stored_val_scores(onnx_info(fp32), validation))
         OnnxRuntime(out, threads=1)  # it must load, or it does not count as built
         return out
     if runtime == "openvino":
@@ -185,12 +198,13 @@ def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calib
 
 
 def build_int8(fp32: Path, out: Path, calibration: np.ndarray, validation: "KSDD2Dataset", search: "Int8Search",
-               on_candidate: Callable[[str], None] | None = None) -> Path:
-    """The validation-chosen INT8 model, with the FP32 file's metadata plus the choice and its own threshold."""
+               on_candidate: Callable[[str], None] | None = None, reference: np.ndarray | None = None) -> Path:
+    """The validation-chosen INT8 model, with the FP32 file's metadata plus the choice and its own
+    threshold. `reference`: the FP32 model's validation scores when already known."""
     from .int8 import choose_int8
 
-    proto, choice, threshold = choose_int8(fp32, calibration, validation, search, on_candidate)
-    props = {p.key: p.value for p in load_onnx(fp32).metadata_props}
+    proto, choice, threshold = choose_int8(fp32, calibration, validation, search, on_candidate, reference)
+    props = {p.key: p.value for p in load_onnx(fp32).metadata_props if p.key != PREFIX + VAL_SCORES}
     props.update({PREFIX + "threshold": json.dumps(threshold.to_dict()), PREFIX + "int8": json.dumps(choice.to_dict())})
     onnx.helper.set_model_props(proto, props)
     return atomic_write(out, lambda tmp: onnx.save_model(proto, str(tmp)))
@@ -215,8 +229,10 @@ def build_openvino(run_dir: Path, name: str, precision: str, calibration: np.nda
         if validation is None:
             raise ValueError("OpenVINO INT8 is chosen on the validation split: pass it")
         model, choice, threshold = choose_openvino_int8(model, calibration, validation, onnx_path(run_dir, name, "int8"),
-                                                        search, on_candidate)
+                                                        search, on_candidate,
+                                                        stored_val_scores(_info(fp32, props), validation))
         props.update(threshold=json.dumps(threshold.to_dict()), int8=json.dumps(choice.to_dict()))
+        props.pop(VAL_SCORES, None)
     elif (diff := _openvino_diff(model, fp32, _info(fp32, props))) > OPENVINO_ATOL:  # FP32: the same network as the verified ONNX file
         raise ExportCheckError(f"{name}: OpenVINO FP32 differs from ONNX Runtime by up to {diff:.2e} "
                                f"(tolerance {OPENVINO_ATOL:g}); not written")

@@ -123,8 +123,12 @@ class SegDecNet(nn.Module):
         return GradientMultiply.apply(x, self.decision_grad_scale)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        volume = self.volume(x)
-        seg = self.seg_mask(volume)
+        return self.heads(self.volume(x))
+
+    def heads(self, volume: torch.Tensor, seg_mask: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segmentation and decision on a computed volume; `seg_mask` stands in for the model's
+        own seg head (two read-outs of one volume compared without computing it twice)."""
+        seg = (seg_mask or self.seg_mask)(volume)
         features = self.extractor(self._adjust(torch.cat([volume, seg], dim=1)))
         pooled = [
             features.amax(dim=(2, 3)),

@@ -376,7 +376,9 @@ def build_model(state: RunState, name: str, runtime: str, precision: str, calibr
 def int8_line(choice: dict) -> str:
     """One line saying what the INT8 search chose, what it kept, and what the search cost."""
     fp32 = ", ".join(choice["fp32_layers"]) or "none"
-    kept = "" if choice["within_tolerance"] else f" (none within {choice['tolerance']:.3f}: best val AP kept)"
+    held = choice.get("held_by", "validation AP")
+    kept = (f" (none within {choice['tolerance']:.3f}: best val AP kept)" if not choice["within_tolerance"] else
+            "" if held == "validation AP" else f" (held by {held}, logit error {choice['logit_error']:.3f})")
     tried = choice["candidates"]
     exit_ = " (early exit)" if choice.get("early_exit") else ""
     how = {"nncf": "NNCF quantization", "qdq": "ONNX Runtime's QDQ file"}.get(choice["calibration"],

@@ -14,7 +14,7 @@ import copy
 from contextlib import nullcontext
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -26,12 +26,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import default_collate
 
 from . import distributed
-from .checkpoint import InputSpec, Threshold, save_checkpoint
+from .checkpoint import InputSpec, Threshold, ValScores, save_checkpoint
 from .config import TrainConfig
 from .data.dataset import EpochSampler, KSDD2Dataset
 from .evaluation import classification_metrics, predict
 from .model import SegDecNet
-from .runtimes import TorchRuntime
 
 Batch = dict[str, torch.Tensor]
 # An extra loss term: (model, batch, (decision logits, segmentation logits)) -> scalar.
@@ -58,15 +57,24 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    best_scores: np.ndarray | None = field(default=None, repr=False)  # validation scores of the kept weights
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "history": [asdict(h) for h in self.history]}
+        d = {**asdict(self), "history": [asdict(h) for h in self.history]}
+        del d["best_scores"]  # stored once, as the checkpoint's `val_scores`
+        return d
 
 
 class Validation(NamedTuple):
     ap: float
     loss: float  # mean decision BCE
     threshold: Threshold  # best F1 on this split
+    scores: np.ndarray  # per image, in the split's order
+
+
+def val_scores(val_set: KSDD2Dataset, scores: np.ndarray | None) -> dict | None:
+    """The checkpoint entry for a model's validation scores (what the INT8 builds reuse)."""
+    return None if scores is None else ValScores(val_set.fingerprint, tuple(map(float, scores))).to_dict()
 
 
 def new_progress(disable: bool = False) -> Progress:
@@ -117,16 +125,40 @@ def output_losses(outputs: tuple[torch.Tensor, torch.Tensor], batch: Batch,
     return per_sample.sum() / len(per_sample), loss_dec
 
 
-@torch.no_grad()
 def validate(model: SegDecNet, dataset: KSDD2Dataset, device: torch.device) -> Validation:
-    """AP, mean decision BCE and the best-F1 threshold on a held-out set."""
-    preds = predict(TorchRuntime(model, device), dataset, batch_size=8)
-    scores = np.nan_to_num(preds.scores, nan=0.5)  # a diverged model (NaN outputs) scores as a coin toss
+    """AP, mean decision BCE, the best-F1 threshold and the scores on a held-out set."""
+    return validate_seg_heads(model, dataset, device, [model.seg_mask])[0]
+
+
+def validate_seg_heads(model: SegDecNet, dataset: KSDD2Dataset, device: torch.device,
+                       seg_heads: Sequence[torch.nn.Module]) -> list[Validation]:
+    """`validate` with each of `seg_heads` in the model's place, from one pass through the volume
+    (the volume is nearly all the compute; a seg-head refit changes nothing else)."""
+    preds = predict(_SegHeads(model.to(device).eval(), seg_heads, device), dataset, batch_size=8)
+    return [_validation(preds.labels, preds.scores[:, k]) for k in range(len(seg_heads))]
+
+
+class _SegHeads:
+    """A runtime whose decision output has one column per seg head, all read off one volume."""
+
+    def __init__(self, model: SegDecNet, seg_heads: Sequence[torch.nn.Module], device: torch.device) -> None:
+        self.model, self.seg_heads, self.device = model, [h.to(device).eval() for h in seg_heads], device
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        volume = self.model.volume(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device))
+        outs = [self.model.heads(volume, h) for h in self.seg_heads]
+        return torch.cat([d for d, _ in outs], 1).float().cpu().numpy(), outs[0][1].float().cpu().numpy()
+
+
+def _validation(labels: np.ndarray, scores: np.ndarray) -> Validation:
+    raw = scores
+    scores = np.nan_to_num(scores, nan=0.5)  # a diverged model (NaN outputs) scores as a coin toss
     p = np.clip(scores, 1e-7, 1 - 1e-7)
-    y = preds.labels.astype(float)
+    y = labels.astype(float)
     bce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    m = classification_metrics(preds.labels, scores)
-    return Validation(m["ap"], bce, Threshold(m["best_threshold"], f1=m["best_f1"]))
+    m = classification_metrics(labels, scores)
+    return Validation(m["ap"], bce, Threshold(m["best_threshold"], f1=m["best_f1"]), raw)
 
 
 def train(
@@ -203,12 +235,13 @@ def train(
             mean = (sums / max(n, 1)).tolist()
             rec = EpochRecord(epoch, *mean[:3], seconds=time.perf_counter() - t0, loss_extra=mean[3])
             if ranks.main and ((epoch + 1) % cfg.validate_every == 0 or epoch == epochs - 1):
-                rec.val_ap, rec.val_loss, threshold = validate(model, val_set, device)
+                rec.val_ap, rec.val_loss, threshold, scores = validate(model, val_set, device)
                 stale += 1
                 if (rec.val_ap, -rec.val_loss) > (best_key[0], -best_key[1]):
                     best_key, stale = (rec.val_ap, rec.val_loss), 0
                     best_state = copy.deepcopy(model.state_dict())
                     result.best_epoch, result.best_val_ap, result.best_threshold = epoch, rec.val_ap, threshold
+                    result.best_scores = scores
                 bar.update(task, info=f"ep {epoch + 1} val AP {rec.val_ap:.4f} (best {result.best_val_ap:.4f})")
             result.history.append(rec)
             if not bar.disable:
@@ -232,7 +265,8 @@ def train(
     if save_path is not None and ranks.main:
         assert input_spec is not None, "saving a checkpoint needs the model's input spec"
         meta = {**(metadata or {}), "training": result.to_dict(), "train_config": asdict(cfg),
-                "threshold": result.best_threshold.to_dict(), "world_size": ranks.world}
+                "threshold": result.best_threshold.to_dict(), "world_size": ranks.world,
+                "val_scores": val_scores(val_set, result.best_scores)}
         save_checkpoint(save_path, model.cpu(), input_spec, meta)
         model.to(device)
     distributed.barrier()  # no rank reads the checkpoint before it is written

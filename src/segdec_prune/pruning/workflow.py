@@ -22,7 +22,7 @@ from ..checkpoint import Checkpoint, Threshold, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
 from ..model import SegDecNet, count_parameters, prunable_convs, reset_decision
-from ..training import batches_per_epoch, resolve_device, train, validate
+from ..training import batches_per_epoch, resolve_device, train, val_scores, validate, validate_seg_heads
 from . import recipe
 from .allocate import Budget
 from .criteria import Batch
@@ -115,6 +115,7 @@ class Recovered:
     plan: dict
     threshold: Threshold  # validation best-F1 of the returned model
     recipe: dict | None = None  # the fine-tuning recipe (and the probe's candidates when it chose)
+    val_scores: np.ndarray | None = None  # validation scores of the returned model
 
 
 def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Config, data: RecoveryData,
@@ -149,9 +150,13 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
             on_pruned(model)
         record: dict = {"widths": widths.to_dict(), "removed_channels": removed}
         if p.refit_seg_head:  # the map read off the pruned volume again, before anything is measured
-            record["val_ap_unfitted"] = validate(model, val_set, device).ap
+            unfitted = copy.deepcopy(model.seg_mask)
             record["seg_refit_r2"] = refit_seg_head(model, before, data.batches)
-        just_pruned = validate(model, val_set, device)
+            before_refit, just_pruned = validate_seg_heads(model, val_set, device, [unfitted, model.seg_mask])
+            record["val_ap_unfitted"] = before_refit.ap
+        else:
+            just_pruned = validate(model, val_set, device)
+        scores = just_pruned.scores
         threshold = just_pruned.threshold
         record["val_ap_pruned"] = just_pruned.ap
         iterations = total * (i + 1) // len(plan) - total * i // len(plan)
@@ -172,7 +177,7 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
                     volume.close()
             record.update(val_ap=result.best_val_ap, iterations=iterations, training=result.to_dict(),
                           recipe=chosen.to_dict(), stuck_dec_loss=recipe.stuck(result.history))
-            threshold = result.best_threshold  # of the weights train() kept
+            threshold, scores = result.best_threshold, result.best_scores  # of the weights train() kept
             if record["stuck_dec_loss"] is not None:
                 log.warning("%s: the decision loss is still %.3f after fine-tuning (chance %.3f): not recovered; "
                             "validation AP %.3f. Try more epochs (check whether validation AP was still rising) or a lower ratio",
@@ -182,7 +187,7 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
         rounds.append(record)
         model.cpu()
     return Recovered(model, rounds[0]["val_ap_pruned"], rounds[-1]["val_ap"], rounds, planned.info, threshold,
-                     chosen.to_dict() if chosen else None)
+                     chosen.to_dict() if chosen else None, scores)
 
 
 def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config, data: RecoveryData,
@@ -201,6 +206,7 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
         "widths": pruned.widths.to_dict(), "parameters": count_parameters(pruned),
         "param_reduction": 1 - count_parameters(pruned) / base_params,
         "val_ap_pruned": out.val_ap_pruned, "val_ap": out.val_ap, "threshold": out.threshold.to_dict(),
+        "val_scores": val_scores(data.val_set, out.val_scores),
         "recipe": out.recipe, "stuck_dec_loss": out.rounds[-1].get("stuck_dec_loss"),
         "removed_channels": out.rounds[0]["removed_channels"] if len(out.rounds) == 1 else None,
         "rounds": out.rounds, "teacher_sha256": data.teacher.baseline_sha256 if data.teacher and cfg.prune.distill else None,

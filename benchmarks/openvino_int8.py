@@ -1,0 +1,91 @@
+"""Which OpenVINO INT8 keeps the FP32 model's AP? Every candidate, on validation and on test.
+
+Per model of a built run (`segdec-prune run` with the openvino extra): OpenVINO FP32, then each
+INT8 candidate the search tries before FP32 layer groups: `qdq` (OpenVINO reading ONNX Runtime's
+chosen INT8 file) and `nncf` (NNCF's quantization: besides 7 of the 13 convolutions' inputs it
+quantizes FeatureNorm's arithmetic, the pools and the concat). For each: validation AP and mean |logit - FP32's| (what the search sees), test AP in
+points against FP32 (what a user gets). Test AP here is for judging a rule, never for choosing.
+
+    python benchmarks/openvino_int8.py --config configs/demo.toml [--models baseline_best ours_c4_m20]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from segdec_prune.artifacts import write_json
+from segdec_prune.calibration import calibration_path, load_calibration
+from segdec_prune.config import load_config
+from segdec_prune.data.dataset import KSDD2Dataset, load_split, preprocessing_for
+from segdec_prune.deploy import model_paths, onnx_path
+from segdec_prune.evaluation import classification_metrics, predict
+from segdec_prune.int8 import logit_error
+from segdec_prune.runtimes.openvino_runtime import OpenVinoRuntime, convert, quantize_nncf
+from segdec_prune.stages import RunState
+
+CANDIDATES = ("qdq", "nncf")
+
+
+def score(model, threads: int, val: KSDD2Dataset, test: KSDD2Dataset, precision: str) -> dict:
+    rt = OpenVinoRuntime(model, threads, precision)
+    return {split: predict(rt, ds, batch_size=8).scores for split, ds in (("val", val), ("test", test))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.toml")
+    ap.add_argument("--models", nargs="*", help="default: every model of the run")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--output", default=None, help="JSON file (default RUN/openvino_int8_benchmark.json)")
+    args = ap.parse_args()
+    console = Console(width=max(Console().width, 150))
+    cfg = load_config(args.config)
+    run = cfg.run_dir
+    val = RunState(cfg).sets[1]
+    test = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
+    calib = load_calibration(calibration_path(cfg))
+    names = args.models or [p.stem for p in model_paths(run)]
+    rows = []
+    for name in names:
+        fp32 = convert(onnx_path(run, name))
+        ref = score(fp32, args.threads, val, test, "fp32")
+        row = {"model": name, "fp32": {s: classification_metrics(ds.labels, ref[s])["ap"]
+                                       for s, ds in (("val", val), ("test", test))}}
+        for cand in CANDIDATES:
+            if cand == "qdq":
+                model = convert(onnx_path(run, name, "int8"))
+            else:
+                model = quantize_nncf(fp32, calib)
+            got = score(model, args.threads, val, test, "int8")
+            row[cand] = {"val_ap": classification_metrics(val.labels, got["val"])["ap"],
+                         "val_logit_error": logit_error(got["val"], ref["val"]),
+                         "test_ap": classification_metrics(test.labels, got["test"])["ap"],
+                         "test_logit_error": logit_error(got["test"], ref["test"])}
+        rows.append(row)
+        console.print(f"{name}: " + ", ".join(f"{c} test {100 * (row[c]['test_ap'] - row['fp32']['test']):+.2f} pts"
+                                               for c in CANDIDATES))
+    table = Table("model", "FP32 val / test AP",
+                  *(f"{c}: val AP, logit err, test pts" for c in CANDIDATES), title="OpenVINO INT8 candidates")
+    for r in rows:
+        table.add_row(r["model"], f"{r['fp32']['val']:.3f} / {r['fp32']['test']:.3f}",
+                      *(f"{r[c]['val_ap']:.3f}, {r[c]['val_logit_error']:.3f}, "
+                        f"{100 * (r[c]['test_ap'] - r['fp32']['test']):+.2f}" for c in CANDIDATES))
+    console.print(table)
+    for c in CANDIDATES:
+        pts = np.array([100 * (r[c]["test_ap"] - r["fp32"]["test"]) for r in rows])
+        err = np.array([r[c]["val_logit_error"] for r in rows])
+        console.print(f"{c}: test AP - FP32 {pts.min():+.2f} to {pts.max():+.2f} points, within 0.5: "
+                      f"{int(np.sum(np.abs(pts) <= 0.5))}/{len(pts)}, not below by more than 0.5: "
+                      f"{int(np.sum(pts >= -0.5))}/{len(pts)}; validation logit error {err.min():.3f}-{err.max():.3f}")
+    out = Path(args.output) if args.output else run / "openvino_int8_benchmark.json"
+    write_json({"config": str(args.config), "threads": args.threads, "rows": rows}, out)
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
