@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -128,7 +129,9 @@ def test_a_worker_reads_the_data_once_and_scores_as_a_fresh_read(tiny_config, tr
     assert first.sets is second.sets  # two steps in one worker: one read
     fresh = RunState(tiny_config).sets
     cpu = torch.device("cpu")
-    assert validate(trained, first.sets[1], cpu) == validate(trained, fresh[1], cpu)
+    cached, read = validate(trained, first.sets[1], cpu), validate(trained, fresh[1], cpu)
+    assert cached[:3] == read[:3] and np.array_equal(cached.scores, read.scores)
+    assert first.sets[1].fingerprint == fresh[1].fingerprint  # so stored scores are reused across them
 
 
 def test_an_exclusive_step_runs_alone(tmp_path):

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,7 +52,8 @@ def test_early_stopping_keeps_the_best_epochs_weights(trained, tiny_config, sets
 
     def fake_validate(model, dataset, device):
         seen.append(copy.deepcopy(model.state_dict()))
-        return Validation(next(aps), 0.5, training.Threshold(0.5))
+        ap = next(aps)
+        return Validation(ap, 0.5, training.Threshold(0.5), np.full(len(dataset), ap))
 
     monkeypatch.setattr(training, "validate", fake_validate)
     ft = dataclasses.replace(finetune_config(_cfg(tiny_config), 5), lr=0.01, device="cpu")
@@ -59,6 +61,7 @@ def test_early_stopping_keeps_the_best_epochs_weights(trained, tiny_config, sets
     result = train(model, *sets, ft, None, None, show_progress=False, patience=2)
     assert result.stopped_early and len(result.history) == 4  # epochs 3 and 4 were no better than epoch 2
     assert result.best_epoch == 1 and result.best_val_ap == 0.9
+    assert np.all(result.best_scores == 0.9)  # the kept weights' validation scores, stored with the checkpoint
     assert all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())
 
 
