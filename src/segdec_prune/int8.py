@@ -6,7 +6,9 @@ ONNX Runtime (each candidate quantized from the same pre-processed graph, calibr
   2. with the best method of step 1: each layer group of `fp32_candidates` kept in FP32 alone,
      then all of them together.
 OpenVINO: 1. OpenVINO reading ONNX Runtime's chosen QDQ file, then NNCF's quantization;
-  2. NNCF with each layer group of `fp32_candidates` kept FP32, then all of them.
+  2. NNCF with each layer group of `fp32_candidates` kept FP32, then all of them;
+  the QDQ file also holds when ONNX Runtime's search held it and OpenVINO runs it about as
+  faithfully (`inherits_ort_validation`).
 With `early_exit` (the demo's setting) the search stops at the first candidate whose validation
 AP is within `tolerance` of the FP32 model's (or above it): on the demo the first (minmax, all
 INT8) usually is, and each candidate costs a calibration, a quantization and a validation pass.
