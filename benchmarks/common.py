@@ -33,3 +33,10 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
 def fmt(xs: list[float]) -> str:
     m, sd = mean_sd(xs)
     return f"{m:.4f} ± {sd:.4f}"
+
+
+def gap_summary(points: list[float]) -> str:
+    """INT8 - FP32 test AP, in points, over models: the range and how many keep FP32's AP."""
+    n = len(points)
+    return (f"from {min(points):+.2f} to {max(points):+.2f} points; at most 0.5 below FP32: "
+            f"{sum(g >= -0.5 for g in points)}/{n}, |gap| <= 0.5: {sum(abs(g) <= 0.5 for g in points)}/{n}")

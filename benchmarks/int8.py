@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Column, Table
 
+from common import gap_summary
 from segdec_prune.artifacts import write_json
 from segdec_prune.calibration import calibration_path, load_calibration
 from segdec_prune.config import load_config
@@ -72,9 +73,7 @@ def main() -> None:
     for v in VARIANTS[1:]:
         gaps = [100 * (by[n, v]["ap"] - by[n, "fp32"]["ap"]) for n in names]
         speed = [by[n, "fp32"]["latency_ms_median"] / by[n, v]["latency_ms_median"] for n in names]
-        console.print(f"{v}: AP - FP32 from {min(gaps):+.2f} to {max(gaps):+.2f} points; at most 0.5 below FP32: "
-                      f"{sum(g >= -0.5 for g in gaps)}/{len(gaps)}, |gap| <= 0.5: {sum(abs(g) <= 0.5 for g in gaps)}/"
-                      f"{len(gaps)}; FP32/INT8 speed {min(speed):.2f}-"
+        console.print(f"{v}: AP - FP32 {gap_summary(gaps)}; FP32/INT8 speed {min(speed):.2f}-"
                       f"{max(speed):.2f}x, >= 2x: {sum(s >= 2 for s in speed)}/{len(speed)}")
     out = Path(args.output) if args.output else run / "int8_benchmark.json"
     write_json({"config": str(args.config), "threads": dep.threads, "rows": rows}, out)

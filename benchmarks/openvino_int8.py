@@ -14,19 +14,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from common import Bench, gap_summary
 from segdec_prune.artifacts import write_json
 from segdec_prune.calibration import calibration_path, load_calibration
 from segdec_prune.config import load_config
-from segdec_prune.data.dataset import KSDD2Dataset, load_split, preprocessing_for
+from segdec_prune.data.dataset import KSDD2Dataset
 from segdec_prune.deploy import model_paths, onnx_path
 from segdec_prune.evaluation import classification_metrics, predict
 from segdec_prune.int8 import logit_error
 from segdec_prune.runtimes.openvino_runtime import OpenVinoRuntime, convert, quantize_nncf
-from segdec_prune.stages import RunState
 
 CANDIDATES = ("qdq", "nncf")
 
@@ -46,8 +45,8 @@ def main() -> None:
     console = Console(width=max(Console().width, 150))
     cfg = load_config(args.config)
     run = cfg.run_dir
-    val = RunState(cfg).sets[1]
-    test = KSDD2Dataset(load_split(cfg.data.root, "test", preprocessing_for(cfg.data, cfg.train)))
+    bench = Bench(cfg)
+    val, test = bench.sets[1], bench.test_set
     calib = load_calibration(calibration_path(cfg))
     names = args.models or [p.stem for p in model_paths(run)]
     rows = []
@@ -77,11 +76,9 @@ def main() -> None:
                         f"{100 * (r[c]['test_ap'] - r['fp32']['test']):+.2f}" for c in CANDIDATES))
     console.print(table)
     for c in CANDIDATES:
-        pts = np.array([100 * (r[c]["test_ap"] - r["fp32"]["test"]) for r in rows])
-        err = np.array([r[c]["val_logit_error"] for r in rows])
-        console.print(f"{c}: test AP - FP32 {pts.min():+.2f} to {pts.max():+.2f} points, within 0.5: "
-                      f"{int(np.sum(np.abs(pts) <= 0.5))}/{len(pts)}, not below by more than 0.5: "
-                      f"{int(np.sum(pts >= -0.5))}/{len(pts)}; validation logit error {err.min():.3f}-{err.max():.3f}")
+        err = [r[c]["val_logit_error"] for r in rows]
+        console.print(f"{c}: test AP - FP32 {gap_summary([100 * (r[c]['test_ap'] - r['fp32']['test']) for r in rows])}; "
+                      f"validation logit error {min(err):.3f}-{max(err):.3f}")
     out = Path(args.output) if args.output else run / "openvino_int8_benchmark.json"
     write_json({"config": str(args.config), "threads": args.threads, "rows": rows}, out)
     console.print(f"wrote {out}")

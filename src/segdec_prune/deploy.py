@@ -169,7 +169,8 @@ def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calib
     fp32 = onnx_path(run_dir, name)
     if not fp32.is_file():
         raise FileNotFoundError(f"no ONNX file {fp32}; run `segdec-prune export --config ...` first")
-    spec = onnx_info(fp32).spec
+    info = onnx_info(fp32)
+    spec = info.spec
     if precision == "int8" and calibration is None:
         raise FileNotFoundError("INT8 needs the calibration set; run `segdec-prune calibrate --config ...` first")
     if runtime == "onnxruntime":
@@ -180,7 +181,7 @@ def build_artifact(run_dir: Path, name: str, runtime: str, precision: str, calib
             if validation is None:
                 raise ValueError("ONNX Runtime INT8 is chosen on the validation split: pass it")
             build_int8(fp32, out, calibration, validation, search, on_candidate,
-                       stored_val_scores(onnx_info(fp32), validation))
+                       stored_val_scores(info, validation))
         OnnxRuntime(out, threads=1)  # it must load, or it does not count as built
         return out
     if runtime == "openvino":

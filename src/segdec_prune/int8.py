@@ -160,6 +160,15 @@ def _then_fp32_groups(first: Sequence[str], search: Int8Search, base: str | None
 STORED = "validation scores stored at training (PyTorch)"
 
 
+def _fp32_reference(ref: np.ndarray | None, fp32_runtime: Callable[[], Any], validation: KSDD2Dataset,
+                    name: str) -> tuple[np.ndarray, str]:
+    """(the FP32 model's validation scores, where they came from): `ref` when stored, else a pass
+    of `fp32_runtime()` (built only then)."""
+    if ref is not None:
+        return ref, STORED
+    return predict(fp32_runtime(), validation, batch_size=8).scores, f"{name} FP32 pass"
+
+
 def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Dataset, search: Int8Search = Int8Search(),
                 on_candidate: Callable[[str], None] | None = None,
                 ref: np.ndarray | None = None) -> tuple[onnx.ModelProto, Int8Choice, Threshold]:
@@ -169,9 +178,7 @@ def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Datas
     import torch
 
     threads = torch.get_num_threads()  # this process's share of the cores (a `run --workers` worker: not all)
-    source = STORED if ref is not None else "onnxruntime FP32 pass"
-    if ref is None:
-        ref = predict(OnnxRuntime(fp32_path, threads=threads), validation, batch_size=8).scores
+    ref, source = _fp32_reference(ref, lambda: OnnxRuntime(fp32_path, threads=threads), validation, "onnxruntime")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pre = prepare_for_quantization(fp32_path, tmp / "pre.onnx")
@@ -199,7 +206,7 @@ def inherits_ort_validation(ort_choice: dict | None) -> Holds:
     Runtime's). On the demo's 13 validation defects one ranking swap moves AP by more than the
     tolerance: OpenVINO's run of the same file missed it on 7 of 20 models at 0.92-1.15x ONNX
     Runtime's logit error, and the NNCF candidates then kept in their place had 3-5x the logit
-    error and lost 1.2-3.9 test AP points (docs/measured.md)."""
+    error and lost 0.4-3.9 test AP points (docs/measured.md)."""
     def holds(row: dict, ref_ap: float, tolerance: float) -> str:
         if why := by_validation_ap(row, ref_ap, tolerance):
             return why
@@ -227,9 +234,7 @@ def choose_openvino_int8(fp32_model, calibration: np.ndarray, validation: KSDD2D
     from .runtimes.openvino_runtime import OpenVinoRuntime, conv_names, convert, quantize_nncf
 
     threads = torch.get_num_threads()
-    source = STORED if ref is not None else "openvino FP32 pass"
-    if ref is None:
-        ref = predict(OpenVinoRuntime(fp32_model, threads), validation, batch_size=8).scores
+    ref, source = _fp32_reference(ref, lambda: OpenVinoRuntime(fp32_model, threads), validation, "openvino")
 
     def build(method: str, groups: tuple[str, ...]):
         if method == "qdq":

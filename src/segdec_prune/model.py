@@ -128,7 +128,7 @@ class SegDecNet(nn.Module):
     def heads(self, volume: torch.Tensor, seg_mask: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Segmentation and decision on a computed volume; `seg_mask` stands in for the model's
         own seg head (two read-outs of one volume compared without computing it twice)."""
-        seg = (seg_mask or self.seg_mask)(volume)
+        seg = (self.seg_mask if seg_mask is None else seg_mask)(volume)
         features = self.extractor(self._adjust(torch.cat([volume, seg], dim=1)))
         pooled = [
             features.amax(dim=(2, 3)),
