@@ -120,6 +120,29 @@ def test_local_workers_run_the_plan_like_one_process(tiny_synth, tmp_path):
     assert r.exit_code == 2 and "--task-cpus" in r.output
 
 
+def worker_pid(config, name, token, cpus):
+    """A stand-in step body for LocalPool (a module-level function: spawned workers import it)."""
+    return os.getpid()
+
+
+def test_an_exclusive_step_runs_in_a_process_that_ran_nothing_before():
+    from segdec_prune.driver import LocalPool
+    from segdec_prune.pipeline import Step
+
+    def step(name: str, exclusive: bool = False) -> Step:
+        return Step(name, lambda: None, [], {}, list, exclusive=exclusive)
+
+    pool = LocalPool({}, "token", 1, task=worker_pid)
+    try:
+        before = {pool.submit(step(f"s{i}"), 1).result() for i in range(3)}  # one worker: one process
+        timed = pool.submit(step("evaluate", exclusive=True), 1).result()
+        after = pool.submit(step("charts"), 1).result()
+    finally:
+        pool.executor.shutdown()
+    assert len(before) == 1 and timed not in before
+    assert after == timed  # the pool after it goes on in the fresh process
+
+
 def test_a_worker_reads_the_data_once_and_scores_as_a_fresh_read(tiny_config, trained):
     from segdec_prune.cluster import _data_state, portable_config
     from segdec_prune.training import validate

@@ -132,20 +132,27 @@ def drive(steps: Sequence[Step], manifest: Manifest, force: set[str], on_event: 
 class LocalPool:
     """`workers` spawned processes on this machine. A step gets cpu_count // min(`alongside`,
     `workers`) threads: the baseline's training, which no heavy step runs beside, gets every
-    core; an exclusive step gets every core."""
+    core; an exclusive step gets every core, in a pool started anew for it (the driver submits
+    it only to an idle pool)."""
 
-    def __init__(self, config: dict, token: str, workers: int) -> None:
+    def __init__(self, config: dict, token: str, workers: int, task: Callable[..., Any] | None = None) -> None:
+        from .cluster import run_named_step
+
         self.config, self.token, self.workers = config, token, workers
+        self.task = task or run_named_step  # (config, step name, token, threads) -> TaskResult, in a worker
         self.cores = os.cpu_count() or 1
         self.executor: futures.ProcessPoolExecutor | None = None  # started by the first step that runs
 
     def submit(self, step: Step, alongside: int) -> futures.Future:
-        from .cluster import run_named_step
-
+        if step.exclusive and self.executor is not None:
+            # fresh processes for a step that times: in a worker that had fine-tuned and built
+            # before, evaluate's PyTorch passes took 127-129 s against 70-73 s (docs/measured.md)
+            self.executor.shutdown(wait=True)
+            self.executor = None
         if self.executor is None:
             self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         cpus = self.cores if step.exclusive else max(1, self.cores // min(self.workers, max(1, alongside)))
-        return self.executor.submit(run_named_step, self.config, step.name, self.token, cpus)
+        return self.executor.submit(self.task, self.config, step.name, self.token, cpus)
 
     def wait(self, handles: list) -> tuple[futures.Future, Any]:
         done, _ = futures.wait(handles, return_when=futures.FIRST_COMPLETED)
