@@ -260,6 +260,28 @@ def test_openvino_fp32_equals_onnxruntime_and_carries_the_metadata(shipped, tmp_
 
 
 @needs_openvino
+def test_openvino_compiles_per_batch_and_pads_a_partial_batch_to_the_same_outputs(shipped):
+    from segdec_prune.runtimes.openvino_runtime import OpenVinoRuntime, compile_config, read_ir
+
+    _, run = shipped
+    x = np.random.default_rng(1).random((11, 3, 128, 64), dtype=np.float32)
+    for precision in ("fp32", "int8"):
+        path = run / "openvino" / f"naive_l1_r50_{precision}.xml"
+        rt = OpenVinoRuntime(path, threads=1, precision=precision)
+        full, padded, one = rt.predict(x[3:]), rt.predict(x[8:]), rt.predict(x[8:9])  # 8; 3 padded to 8; 1
+        assert sorted(rt.compiled) == [1, 8]
+        for f, p in zip(full, padded):  # the same compiled batch: padding changes no other image's output
+            np.testing.assert_array_equal(p, f[5:])
+        if precision == "fp32":  # the static graphs compute what the exported dynamic one does
+            dynamic = rt.core.compile_model(read_ir(path), "CPU", compile_config(1))
+            ref = dynamic.create_infer_request().infer({0: x})
+            want = np.asarray(ref[dynamic.output("decision")])[:, 0], np.asarray(ref[dynamic.output("segmentation")])
+            for f, o, w in zip(full, one, want):
+                np.testing.assert_allclose(f, w[3:], atol=1e-4, rtol=0)
+                np.testing.assert_allclose(o, w[8:9], atol=1e-4, rtol=0)
+
+
+@needs_openvino
 def test_an_openvino_fp32_build_that_differs_from_onnxruntime_is_not_written(shipped, tmp_path, monkeypatch):
     import segdec_prune.deploy as deploy
     from segdec_prune.export import ExportCheckError

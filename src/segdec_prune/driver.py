@@ -146,8 +146,9 @@ class LocalPool:
     def submit(self, step: Step, alongside: int) -> futures.Future:
         if step.exclusive and self.executor is not None:
             # fresh processes for a step that times: in a worker that had fine-tuned and built
-            # before, evaluate's PyTorch passes took 127-129 s against 70-73 s (docs/measured.md)
-            self.executor.shutdown(wait=True)
+            # before, evaluate's PyTorch passes took 127-131 s against 70-85 s (docs/measured.md);
+            # the idle old workers exit on their own, nothing waits for them
+            self.executor.shutdown(wait=False)
             self.executor = None
         if self.executor is None:
             self.executor = futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
