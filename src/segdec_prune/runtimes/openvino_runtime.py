@@ -203,10 +203,16 @@ class OpenVinoRuntime:
             self.compiled[key] = compiled.create_infer_request(), [compiled.output(n) for n in OUTPUTS]
         return self.compiled[key]
 
+    def _batch_for(self, n: int) -> int:
+        """The batch `n` images run at: 1 alone, else the smallest compiled batch that holds them."""
+        if n == 1 or not self.shape:
+            return n
+        return min((b for b in self.compiled if b >= n), default=n)
+
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(images, dtype=np.float32)
         n = len(x)
-        size = min((b for b in self.compiled if b >= n and b > 1), default=n) if n > 1 and self.shape else n
+        size = self._batch_for(n)
         if size > n:
             x = np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)])
         request, outputs = self._request(size)
