@@ -30,6 +30,8 @@ def test_repository_configs_load():
         ({"deploy": {"int8_calibrations": []}}, "deploy.int8_calibrations"),
         ({"deploy": {"int8_fp32_candidates": ["stem"]}}, "deploy.int8_fp32_candidates"),
         ({"deploy": {"int8_ap_tolerance": -0.1}}, "deploy.int8_ap_tolerance"),
+        ({"deploy": {"int8_early_exit": ["tensorrt"]}}, "deploy.int8_early_exit"),
+        ({"deploy": {"int8_early_exit": "yes"}}, "deploy.int8_early_exit"),
     ],
 )
 def test_bad_values_name_the_key(raw, key):
@@ -44,3 +46,12 @@ def test_overrides_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["epochs=3"])
+
+
+@pytest.mark.parametrize("value, onnxruntime, openvino", [(True, True, True), (False, False, False),
+                                                          (["openvino"], False, True), ([], False, False)])
+def test_the_int8_early_exit_is_set_per_runtime(value, onnxruntime, openvino):
+    from segdec_prune.int8 import Int8Search
+
+    deploy = from_dict({"deploy": {"int8_early_exit": value}}).deploy
+    assert [Int8Search.from_config(deploy, rt).early_exit for rt in ("onnxruntime", "openvino")] == [onnxruntime, openvino]

@@ -99,7 +99,7 @@ def test_calibration_on_our_one_thread_session_gives_the_ranges_of_onnx_runtimes
     sessions = []
     real = ortq.cpu_session
     monkeypatch.setattr(ortq, "cpu_session", lambda *a, **k: sessions.append((a, k)) or real(*a, **k))
-    ortq._calibrate(pre, images, ["Conv"], method, False, tmp_path / "ours.json", threads=1)
+    ortq.calibrate(pre, images, ["Conv"], {method: tmp_path / "ours.json"}, threads=1)
     assert [a[1] for a, _ in sessions] == [1] and sessions[0][1] == {"optimize": False}
     from onnxruntime.quantization.calibrate import CalibraterBase
 
@@ -111,9 +111,27 @@ def test_calibration_on_our_one_thread_session_gives_the_ranges_of_onnx_runtimes
 
     monkeypatch.setattr(CalibraterBase, "create_inference_session", record)
     monkeypatch.setattr(ortq, "cpu_session", lambda *a, **k: own["session"])
-    ortq._calibrate(pre, images, ["Conv"], method, False, tmp_path / "all_cores.json", threads=1)
+    ortq.calibrate(pre, images, ["Conv"], {method: tmp_path / "all_cores.json"}, threads=1)
     ours, theirs = (json.loads((tmp_path / f).read_text()) for f in ("ours.json", "all_cores.json"))
     assert ours == theirs and len(ours) > 3  # min/max and histogram counts: exact whatever the threads
+
+
+def test_one_calibration_pass_gives_each_methods_own_ranges(run_dir, images, tmp_path):
+    """Every method's ranges from one shared pass equal those of that method's own calibrator."""
+    import json
+
+    from onnxruntime.quantization.quantize import save_tensors_data
+
+    from segdec_prune.runtimes import onnxruntime_runtime as ortq
+
+    pre = ortq.prepare_for_quantization(run_dir / "onnx" / "baseline_best.onnx", tmp_path / "pre.onnx")
+    methods = ("minmax", "entropy", "percentile")
+    ortq.calibrate(pre, images, ["Conv"], {m: tmp_path / f"shared_{m}.json" for m in methods}, threads=1)
+    for m in methods:  # the method's own ONNX Runtime calibrator
+        ortq._collect(pre, images, ["Conv"], m, False, 1,
+                      lambda c, m=m: save_tensors_data(c.compute_data(), tmp_path / f"own_{m}.json"))
+        shared, own = (json.loads((tmp_path / f"{k}_{m}.json").read_text()) for k in ("shared", "own"))
+        assert shared == own and len(own["data"]) > 3, m
 
 
 @pytest.mark.parametrize("early_exit", [True, False])

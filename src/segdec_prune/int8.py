@@ -1,7 +1,8 @@
 """INT8 that keeps the FP32 model's AP: how it is quantized and which layers stay FP32, chosen
 per model on the validation split (never the test split); ONNX Runtime and OpenVINO share the search.
 
-ONNX Runtime (each candidate quantized from the same pre-processed graph, calibrated once per method):
+ONNX Runtime (each candidate quantized from the same pre-processed graph; one calibration pass
+gives every method's ranges, except that the early exit's first try, MinMax, runs its cheaper one):
   1. every calibration method in `calibrations`, all convolutions INT8;
   2. with the best method of step 1: each layer group of `fp32_candidates` kept in FP32 alone,
      then all of them together.
@@ -37,7 +38,8 @@ from .checkpoint import Threshold
 from .data.dataset import KSDD2Dataset
 from .evaluation import classification_metrics, predict
 from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS
-from .runtimes.onnxruntime_runtime import OnnxRuntime, conv_nodes, prepare_for_quantization, quantize_prepared
+from .runtimes.onnxruntime_runtime import (OnnxRuntime, calibrate, conv_nodes, prepare_for_quantization,
+                                           quantize_prepared)
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,10 @@ class Int8Search:
                              f"{', '.join(INT8_CALIBRATIONS)}; FP32 layer groups {', '.join(FP32_GROUPS)}")
 
     @classmethod
-    def from_config(cls, deploy) -> "Int8Search":
+    def from_config(cls, deploy, runtime: str) -> "Int8Search":
+        """`runtime`'s search: the early exit is set per runtime (`deploy.int8_early_exit`)."""
         return cls(tuple(deploy.int8_calibrations), tuple(deploy.int8_fp32_candidates), tuple(deploy.int8_op_types),
-                   deploy.int8_ap_tolerance, deploy.int8_early_exit)
+                   deploy.int8_ap_tolerance, runtime in deploy.int8_early_exit)
 
 
 @dataclass
@@ -184,11 +187,17 @@ def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Datas
         pre = prepare_for_quantization(fp32_path, tmp / "pre.onnx")
         graph = onnx.load(str(pre), load_external_data=False)
         count = iter(range(1 << 30))
+        caches = {m: tmp / f"{m}.json" for m in search.calibrations}
 
         def build(method: str, groups: tuple[str, ...]):
+            if not caches[method].is_file():  # ranges for every method still to come, from one pass
+                due = {m: c for m, c in caches.items() if not c.is_file()}
+                if search.early_exit and method == "minmax":  # the early exit's first try: MinMax's cheap pass alone
+                    due = {method: caches[method]}
+                calibrate(pre, calibration, search.op_types, due, threads=threads)
             exclude = conv_nodes(graph, [p for g in groups for p in FP32_GROUPS[g]])
             path = quantize_prepared(pre, tmp / f"c{next(count)}.onnx", calibration, search.op_types, method, exclude,
-                                     cache=tmp / f"{method}.json", threads=threads)
+                                     cache=caches[method], threads=threads)
             return OnnxRuntime(path, threads=threads, precision="int8"), path
 
         path, choice, threshold = _search(_then_fp32_groups(search.calibrations, search), build, validation, ref,

@@ -365,7 +365,7 @@ def build_model(state: RunState, name: str, runtime: str, precision: str, calibr
     from .deploy import build_artifact, ir_info, onnx_info
     from .int8 import Int8Search
 
-    search = Int8Search.from_config(state.cfg.deploy)
+    search = Int8Search.from_config(state.cfg.deploy, runtime)
     on_val = runtime in CPU_RUNTIMES and precision == "int8"
     path = build_artifact(state.cfg.run_dir, name, runtime, precision, calibration, search,
                           state.sets[1] if on_val else None, on_candidate)
