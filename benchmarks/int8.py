@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Column, Table
 
-from common import gap_summary
+from common import gap_summary, paired_ap_interval
 from segdec_prune.artifacts import write_json
 from segdec_prune.calibration import calibration_path, load_calibration
 from segdec_prune.config import load_config
@@ -50,7 +50,10 @@ def main() -> None:
             for variant, path in zip(VARIANTS, (onnx_path(run, name), before, onnx_path(run, name, "int8"))):
                 rt = OnnxRuntime(path, dep.threads, "fp32" if variant == "fp32" else "int8")
                 scores = predict(rt, test_set, dep.throughput_batch).scores
+                if variant == "fp32":  # VARIANTS[0]: what the INT8 variants are compared with
+                    ref = scores
                 rows.append({"model": name, "variant": variant, "ap": classification_metrics(test_set.labels, scores)["ap"],
+                             "gap_interval": paired_ap_interval(test_set.labels, scores, ref) if variant != "fp32" else None,
                              **({"choice": {k: choice.get(k) for k in ("calibration", "fp32_layers", "val_ap",
                                                                         "val_ap_fp32")}} if variant == "int8 chosen" else {})})
                 runtimes.append(rt)
@@ -73,7 +76,9 @@ def main() -> None:
     for v in VARIANTS[1:]:
         gaps = [100 * (by[n, v]["ap"] - by[n, "fp32"]["ap"]) for n in names]
         speed = [by[n, "fp32"]["latency_ms_median"] / by[n, v]["latency_ms_median"] for n in names]
-        console.print(f"{v}: AP - FP32 {gap_summary(gaps)}; FP32/INT8 speed {min(speed):.2f}-"
+        apart = sum(lo > 0 or hi < 0 for lo, hi in (by[n, v]["gap_interval"] for n in names))
+        console.print(f"{v}: AP - FP32 {gap_summary(gaps)}, told apart from no gap (95 % paired bootstrap): "
+                      f"{apart}/{len(names)}; FP32/INT8 speed {min(speed):.2f}-"
                       f"{max(speed):.2f}x, >= 2x: {sum(s >= 2 for s in speed)}/{len(speed)}")
     out = Path(args.output) if args.output else run / "int8_benchmark.json"
     write_json({"config": str(args.config), "threads": dep.threads, "rows": rows}, out)

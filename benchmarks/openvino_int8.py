@@ -4,7 +4,8 @@ Per model of a built run (`segdec-prune run` with the openvino extra): OpenVINO 
 INT8 candidate the search tries before FP32 layer groups: `qdq` (OpenVINO reading ONNX Runtime's
 chosen INT8 file) and `nncf` (NNCF's quantization: besides 7 of the 13 convolutions' inputs it
 quantizes FeatureNorm's arithmetic, the pools and the concat). For each: validation AP and mean |logit - FP32's| (what the search sees), test AP in
-points against FP32 (what a user gets). Test AP here is for judging a rule, never for choosing.
+points against FP32 (what a user gets), with a 95 % paired bootstrap interval over the test images
+(how large a gap this test split resolves). Test AP here is for judging a rule, never for choosing.
 
     python benchmarks/openvino_int8.py --config configs/demo.toml [--models baseline_best ours_c4_m20]
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common import Bench, gap_summary
+from common import Bench, gap_summary, paired_ap_interval
 from segdec_prune.artifacts import write_json
 from segdec_prune.calibration import calibration_path, load_calibration
 from segdec_prune.config import load_config
@@ -64,21 +65,25 @@ def main() -> None:
             row[cand] = {"val_ap": classification_metrics(val.labels, got["val"])["ap"],
                          "val_logit_error": logit_error(got["val"], ref["val"]),
                          "test_ap": classification_metrics(test.labels, got["test"])["ap"],
-                         "test_logit_error": logit_error(got["test"], ref["test"])}
+                         "test_logit_error": logit_error(got["test"], ref["test"]),
+                         "test_gap_interval": paired_ap_interval(test.labels, got["test"], ref["test"])}
         rows.append(row)
         console.print(f"{name}: " + ", ".join(f"{c} test {100 * (row[c]['test_ap'] - row['fp32']['test']):+.2f} pts"
                                                for c in CANDIDATES))
     table = Table("model", "FP32 val / test AP",
-                  *(f"{c}: val AP, logit err, test pts" for c in CANDIDATES), title="OpenVINO INT8 candidates")
+                  *(f"{c}: val AP, logit err, test pts [95 % paired bootstrap]" for c in CANDIDATES),
+                  title="OpenVINO INT8 candidates")
     for r in rows:
         table.add_row(r["model"], f"{r['fp32']['val']:.3f} / {r['fp32']['test']:.3f}",
                       *(f"{r[c]['val_ap']:.3f}, {r[c]['val_logit_error']:.3f}, "
-                        f"{100 * (r[c]['test_ap'] - r['fp32']['test']):+.2f}" for c in CANDIDATES))
+                        f"{100 * (r[c]['test_ap'] - r['fp32']['test']):+.2f} "
+                        "[{:+.2f}, {:+.2f}]".format(*r[c]["test_gap_interval"]) for c in CANDIDATES))
     console.print(table)
     for c in CANDIDATES:
         err = [r[c]["val_logit_error"] for r in rows]
+        apart = sum(lo > 0 or hi < 0 for lo, hi in (r[c]["test_gap_interval"] for r in rows))
         console.print(f"{c}: test AP - FP32 {gap_summary([100 * (r[c]['test_ap'] - r['fp32']['test']) for r in rows])}; "
-                      f"validation logit error {min(err):.3f}-{max(err):.3f}")
+                      f"told apart from no gap: {apart}/{len(rows)}; validation logit error {min(err):.3f}-{max(err):.3f}")
     out = Path(args.output) if args.output else run / "openvino_int8_benchmark.json"
     write_json({"config": str(args.config), "threads": args.threads, "rows": rows}, out)
     console.print(f"wrote {out}")
