@@ -107,3 +107,26 @@ def test_the_ship_table_keeps_every_name_and_figure_on_an_80_column_console():
     for figure in ("baseline_best", "naive_l1_t17p25ms", "ov int8", "0.910", "0.812", "12/30", "3.2", "12.3x", "83%"):
         assert figure in text, (figure, text)
     assert "…" not in text
+
+
+def test_paired_bootstrap_interval_of_an_ap_gap():
+    """The benchmarks' interval: none for the same scores, above 0 where one model ranks every
+    defect first and the other mixes them in, and across 0 for a single swap among many images."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).parents[1] / "benchmarks" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) < 30
+    ref = rng.random(200)
+    assert common.paired_ap_interval(labels, ref, ref, draws=200) == (0.0, 0.0)
+    perfect = labels + 0.01 * rng.random(200)
+    lo, _ = common.paired_ap_interval(labels, perfect, ref, draws=200)
+    assert lo > 0
+    swapped = perfect.copy()
+    pos, neg = np.flatnonzero(labels)[0], np.flatnonzero(~labels)[0]
+    swapped[[pos, neg]] = swapped[[neg, pos]]  # one defect and one good image trade places
+    lo, hi = common.paired_ap_interval(labels, swapped, perfect, draws=200)
+    assert lo < 0 <= hi or lo <= 0 < hi
