@@ -40,7 +40,7 @@ from .data.dataset import KSDD2Dataset
 from .evaluation import classification_metrics, predict
 from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS
 from .runtimes.onnxruntime_runtime import (OnnxRuntime, calibrate, conv_nodes, prepare_for_quantization,
-                                           quantize_prepared)
+                                           quantize_prepared, takes_cached_ranges)
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Datas
         caches = {m: tmp / f"{m}.json" for m in search.calibrations}
 
         def build(method: str, groups: tuple[str, ...]):
-            if not caches[method].is_file():  # ranges for every method still to come, from one pass
+            if takes_cached_ranges() and not caches[method].is_file():  # every method still to come, one pass
                 due = {m: c for m, c in caches.items() if not c.is_file()}
                 if search.early_exit and method == "minmax":  # the early exit's first try: MinMax's cheap pass alone
                     due = {method: caches[method]}

@@ -28,8 +28,6 @@ from onnxruntime.quantization import (
     quant_pre_process,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import TensorsData
-from onnxruntime.quantization.quantize import save_tensors_data
 
 from ..artifacts import atomic_write
 from ..export import INPUT, OUTPUTS
@@ -141,7 +139,7 @@ def quantize_prepared(prepared: str | os.PathLike, int8_path: str | os.PathLike,
                 extra_options={"ActivationSymmetric": for_tensorrt, "CalibTensorRangeSymmetric": for_tensorrt}, **options,
             )
 
-    if not _has_cache_option():  # an older ONNX Runtime: its own calibrators
+    if not takes_cached_ranges():  # an older ONNX Runtime: its own calibrators
         return atomic_write(int8_path, lambda out: write(out, {}))
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(cache) if cache else Path(tmp) / "ranges.json"
@@ -150,7 +148,8 @@ def quantize_prepared(prepared: str | os.PathLike, int8_path: str | os.PathLike,
         return atomic_write(int8_path, lambda out: write(out, {"calibration_cache_path": str(cache)}))
 
 
-def _has_cache_option() -> bool:
+def takes_cached_ranges() -> bool:
+    """Whether this ONNX Runtime's quantize_static reads ranges we calibrated (`calibrate`)."""
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
@@ -163,6 +162,9 @@ def calibrate(prepared: str | os.PathLike, calibration: np.ndarray, op_types: Se
     Asymmetric entropy and percentile read the same histograms, whose bounds are MinMax's ranges,
     so several methods cost one pass over the calibration images (a full INT8 search: one instead
     of three); MinMax alone runs its cheaper calibrator (it keeps only each tensor's extremes)."""
+    from onnxruntime.quantization.calibrate import TensorsData
+    from onnxruntime.quantization.quantize import save_tensors_data  # ONNX Runtime releases with `takes_cached_ranges`
+
     methods = list(caches)
     if symmetric or methods == ["minmax"]:  # symmetric percentile histograms |x|: no sharing
         for method in methods:
@@ -172,13 +174,13 @@ def calibrate(prepared: str | os.PathLike, calibration: np.ndarray, op_types: Se
 
     def compute(calibrator) -> None:
         collector = calibrator.collector
+        collector.get_entropy_threshold = entropy_threshold  # the same thresholds, without Python loops
         for method in methods:
             if method == "minmax":
                 data = TensorsData(CalibrationMethod.MinMax, {t: (np.array([h[2]], np.float32), np.array([h[3]], np.float32))
                                                                    for t, h in collector.histogram_dict.items()})
             else:
                 collector.method = method
-                collector.get_entropy_threshold = entropy_threshold  # the same thresholds, without Python loops
                 data = TensorsData(CALIBRATIONS[method], collector.compute_collection_result())
             save_tensors_data(data, caches[method])
 
