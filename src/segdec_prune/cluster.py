@@ -78,11 +78,13 @@ def run_named_step(config: dict[str, Any], name: str, token: str, cpus: int) -> 
     """One Ray task: check shared storage, rebuild the plan on this node, run step `name` quietly."""
     import torch
 
+    from .allocator import keep_freed_memory
     from .pipeline import machine
     from .results import library_versions
     from .stages import RunState, plan
     from .training import new_progress
 
+    keep_freed_memory()
     cfg = from_dict(config)
     check_shared_storage(cfg, token)
     torch.set_num_threads(max(1, cpus))

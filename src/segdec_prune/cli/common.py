@@ -15,6 +15,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import distributed
+from ..allocator import keep_freed_memory
 from ..artifacts import DISK_ERRNOS, ArtifactWriteError, write_error
 from ..config import ConfigError
 from ..errors import CheckpointError, DatasetError
@@ -61,6 +62,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)])
     logging.getLogger("segdec_prune").setLevel(logging.DEBUG if verbose else logging.INFO)
+    keep_freed_memory()  # large tensors reused, not re-faulted from the kernel every batch (allocator.py)
     if distributed.ranks().rank > 0:  # under torchrun rank 0 speaks for all (errors still reach stderr)
         console.quiet = get_console().quiet = True
 
