@@ -282,6 +282,28 @@ def test_openvino_compiles_per_batch_and_pads_a_partial_batch_to_the_same_output
 
 
 @needs_openvino
+def test_openvino_reads_onnx_as_its_converter_does_without_calling_it(shipped, monkeypatch):
+    """The same graph as `openvino.convert_model` (FP32 and the QDQ INT8 file), without the
+    converter: its telemetry forked the whole worker process for every event."""
+    import openvino as ov
+
+    from segdec_prune.runtimes import openvino_runtime
+    from segdec_prune.runtimes.openvino_runtime import OpenVinoRuntime, convert
+
+    _, run = shipped
+    x = np.random.default_rng(2).random((2, 3, 128, 64), dtype=np.float32)
+    for onnx_file in ("naive_l1_r50.onnx", "naive_l1_r50_int8.onnx"):
+        path = run / "onnx" / onnx_file
+        want = ov.convert_model(str(path))
+        with monkeypatch.context() as m:
+            m.setattr(openvino_runtime._ov(), "convert_model", lambda *a, **k: pytest.fail("convert_model called"))
+            got = convert(path)
+        assert [op.get_type_name() for op in got.get_ordered_ops()] == [op.get_type_name() for op in want.get_ordered_ops()]
+        for g, w in zip(OpenVinoRuntime(got, 1).predict(x), OpenVinoRuntime(want, 1).predict(x)):
+            np.testing.assert_array_equal(g, w)
+
+
+@needs_openvino
 def test_an_openvino_fp32_build_that_differs_from_onnxruntime_is_not_written(shipped, tmp_path, monkeypatch):
     import segdec_prune.deploy as deploy
     from segdec_prune.export import ExportCheckError

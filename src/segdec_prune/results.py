@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from importlib import metadata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,12 +55,9 @@ def library_versions() -> dict[str, str]:
     versions = {"segdec_prune": __version__, "python": platform.python_version(), "torch": torch.__version__,
                 "torch_pruning": torch_pruning.__version__, "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__, "scikit_learn": sklearn.__version__, "numpy": np.__version__}
-    try:
-        import nncf
-        import openvino
-
-        versions.update(openvino=openvino.__version__, nncf=nncf.__version__)
-    except ImportError:
+    try:  # read, not imported: importing NNCF takes seconds, and OpenVINO's import sends telemetry
+        versions.update(openvino=metadata.version("openvino"), nncf=metadata.version("nncf"))
+    except metadata.PackageNotFoundError:
         pass
     return versions
 

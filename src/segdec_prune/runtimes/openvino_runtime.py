@@ -14,6 +14,7 @@ the IR's rt_info under `segdec_prune`, so an `.xml` describes itself as an `.onn
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import tempfile
@@ -35,12 +36,14 @@ class OpenVinoUnavailable(RuntimeError):
 
 
 def unavailable_reason() -> str | None:
-    """None when OpenVINO and NNCF import, else a one-line reason."""
+    """None when OpenVINO imports and NNCF is installed, else a one-line reason. NNCF is only
+    looked up: importing it takes seconds, and only an NNCF quantization needs it."""
     try:
-        import nncf  # noqa: F401
         import openvino  # noqa: F401
     except ImportError:
         return "OpenVINO is not installed (pip install 'segdec-prune[openvino]')"
+    if importlib.util.find_spec("nncf") is None:
+        return "NNCF is not installed (pip install 'segdec-prune[openvino]')"
     return None
 
 
@@ -64,8 +67,21 @@ def compile_config(threads: int) -> dict[str, Any]:
 
 
 def convert(onnx_path: str | os.PathLike):
-    """The ONNX file as an OpenVINO model (FP32 graphs and QDQ INT8 graphs alike)."""
-    return _ov().convert_model(str(onnx_path))
+    """The ONNX file as an OpenVINO model (FP32 graphs and QDQ INT8 graphs alike): the graph
+    `openvino.convert_model` gives (the ONNX frontend, then its two graph passes), read through
+    the runtime's C++ frontend. The Python converter also sends usage telemetry, and each event
+    forks the calling process to try the network: a pipeline worker (about 1 GB) forked about 20
+    times per model read, which slowed both workers in the demo's build stages."""
+    ov = _ov()
+    try:
+        from openvino._offline_transformations import (apply_moc_transformations,
+                                                        compress_quantize_weights_transformation)
+    except ImportError:  # a release without the passes under this name: the converter itself
+        return ov.convert_model(str(onnx_path))
+    model = ov.Core().read_model(str(onnx_path))
+    apply_moc_transformations(model, cf=False, smart_reshape=True)  # as convert_model does
+    compress_quantize_weights_transformation(model)
+    return model
 
 
 def save_ir(model, xml_path: str | os.PathLike, metadata: dict[str, str]) -> Path:
