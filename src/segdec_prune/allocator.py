@@ -3,11 +3,11 @@
 Why: glibc's malloc serves every block above its mmap threshold (128 KiB, rising to 32 MiB at
 most) with a fresh `mmap` and returns a heap top above its trim threshold to the kernel, so the
 large tensors of every training step and inference batch (oneDNN's im2col buffer for the 15x15
-convolution alone is about 40 MB at batch 4 and 176x64) come back as new zero-filled pages. The
-demo run (28 min 29 s) took 98 million page faults and 285 s of system time that way. With both thresholds at
-1 GiB the memory is reused: on an AMD EPYC at one thread an r20 model's training step ran 0.685
--> 0.582 s and its validation pass 6.20 -> 5.22 s (`benchmarks/allocator.py`). Arithmetic is
-untouched: only where the bytes live changes, so every result is the same.
+convolution alone is about 40 MB at batch 4 and 176x64) come back as new zero-filled pages: the
+demo run took 98 million page faults and 286 s of system time that way. With both thresholds at
+1 GiB the memory is reused: a fine-tuning epoch of an r20 model at one thread ran 1.20x faster
+(`benchmarks/allocator.py`). Arithmetic is untouched: only where the bytes live changes, so
+every result is the same.
 
 Applied by every command and pipeline worker; `SEGDEC_PRUNE_MALLOC=default` leaves glibc as it is.
 Elsewhere (macOS, Windows, musl) it does nothing.
