@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import platform
 import time
-from importlib import metadata
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
