@@ -29,6 +29,7 @@ def test_repository_configs_load():
         ({"deploy": {"int8_calibrations": ["kl"]}}, "deploy.int8_calibrations"),
         ({"deploy": {"int8_calibrations": []}}, "deploy.int8_calibrations"),
         ({"deploy": {"int8_fp32_candidates": ["stem"]}}, "deploy.int8_fp32_candidates"),
+        ({"deploy": {"int8_fp32_candidates": ["first_conv+stem"]}}, "deploy.int8_fp32_candidates"),
         ({"deploy": {"int8_ap_tolerance": -0.1}}, "deploy.int8_ap_tolerance"),
         ({"deploy": {"int8_early_exit": ["tensorrt"]}}, "deploy.int8_early_exit"),
         ({"deploy": {"int8_early_exit": "yes"}}, "deploy.int8_early_exit"),

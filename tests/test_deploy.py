@@ -287,3 +287,26 @@ def test_openvinos_early_exit_stops_at_the_qdq_file_only_when_it_inherits(val_se
                                 int8.inherits_ort_validation({"within_tolerance": True, "logit_error": ort_error}))
     assert [c["calibration"] for c in choice.candidates] == tried and choice.within_tolerance
     assert choice.held_by == ("ONNX Runtime's validation of this QDQ file" if tried == ["qdq"] else "validation AP")
+
+
+def test_fp32_groups_joined_by_plus_are_one_candidate(val_set, monkeypatch):
+    """ "first_conv+seg_head" is one candidate keeping both groups FP32: tried once after the
+    calibrations (no single-group candidates, no "all together" repeat), and kept when its logits
+    are the closest to FP32's; an unknown group in a joined entry is refused."""
+    import segdec_prune.int8 as int8
+
+    ref = np.where(val_set.labels, 0.9, 0.1)
+    scores = iter([np.clip(ref + 0.05, 0, 1), np.clip(ref + 0.04, 0, 1), np.clip(ref + 0.01, 0, 1)])
+    monkeypatch.setattr(int8, "predict", lambda runtime, dataset, batch_size=8: SimpleNamespace(scores=next(scores)))
+    built = []
+    search = Int8Search(calibrations=("minmax", "percentile"), fp32_candidates=("first_conv+seg_head",))
+    order = int8._then_fp32_groups(search.calibrations, search)
+    _, choice, _ = int8._search(order, lambda m, g: built.append((m, g)) or (None, m), val_set, ref, search, None, "test")
+    assert built == [("minmax", ()), ("percentile", ()), ("percentile", ("first_conv", "seg_head"))]
+    assert (choice.calibration, choice.fp32_layers) == ("percentile", ["first_conv", "seg_head"])
+    two = Int8Search(fp32_candidates=("first_conv+seg_head", "decision_head"))
+    assert list(int8._then_fp32_groups(["minmax"], two, base="minmax")([]))[1:] == [
+        ("minmax", ("first_conv", "seg_head")), ("minmax", ("decision_head",)),
+        ("minmax", ("first_conv", "seg_head", "decision_head"))]
+    with pytest.raises(ValueError, match="first_conv\\+stem"):
+        Int8Search(fp32_candidates=("first_conv+stem",))

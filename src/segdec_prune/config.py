@@ -20,7 +20,7 @@ else:  # pragma: no cover
 
 from .architecture import DECISION_RESETS, decision_map_size
 from .pruning.methods import METHODS
-from .runtimes.base import CPU_RUNTIMES as INT8_SEARCH_RUNTIMES, FP32_GROUPS, INT8_CALIBRATIONS, RUNTIMES
+from .runtimes.base import CPU_RUNTIMES as INT8_SEARCH_RUNTIMES, FP32_GROUPS, INT8_CALIBRATIONS, RUNTIMES, fp32_groups_of
 
 
 class ConfigError(ValueError):
@@ -190,7 +190,8 @@ class DeployConfig:
     int8_op_types: list = field(default_factory=lambda: ["Conv"])  # ONNX ops ORT quantizes
     # ONNX Runtime INT8 is chosen per model on the validation split (docs/deployment.md, "INT8 that keeps AP"):
     int8_calibrations: list = field(default_factory=lambda: list(INT8_CALIBRATIONS))  # methods tried
-    int8_fp32_candidates: list = field(default_factory=lambda: list(FP32_GROUPS))  # layers that may stay FP32
+    # Layers that may stay FP32: each entry one candidate (a group, or groups joined by "+"), then all together
+    int8_fp32_candidates: list = field(default_factory=lambda: list(FP32_GROUPS))
     int8_ap_tolerance: float = 0.005  # validation AP below FP32's that still counts as kept
     # The runtimes whose search stops at the first candidate within the tolerance (true: both, false: none);
     # the others try all and keep the closest logits (KSDD1, validation AP saturated at 1.0: the early exit lost
@@ -210,8 +211,9 @@ class DeployConfig:
         cal, groups = self.int8_calibrations, self.int8_fp32_candidates
         _require("deploy.int8_calibrations", bool(cal) and all(c in INT8_CALIBRATIONS for c in cal),
                  f"must name one or more of {', '.join(INT8_CALIBRATIONS)}, got {cal}")
-        _require("deploy.int8_fp32_candidates", all(g in FP32_GROUPS for g in groups),
-                 f"must name layer groups among {', '.join(FP32_GROUPS)}, got {groups}")
+        _require("deploy.int8_fp32_candidates", all(_groups_ok(g) for g in groups),
+                 f"must name layer groups among {', '.join(FP32_GROUPS)} (several joined by '+' make one "
+                 f"candidate), got {groups}")
         _require("deploy.int8_early_exit", all(r in INT8_SEARCH_RUNTIMES for r in self.int8_early_exit),
                  f"must be true, false or a list of {', '.join(INT8_SEARCH_RUNTIMES)}, got {self.int8_early_exit}")
         _require("deploy.int8_ap_tolerance", 0 <= self.int8_ap_tolerance < 1,
@@ -261,6 +263,13 @@ SECTIONS = ("data", "train", "prune", "deploy", "run")
 def _all_numbers(values: list, ok: Callable[[float], bool]) -> bool:
     """Every value is a number that `ok` accepts."""
     return all(isinstance(v, (int, float)) and ok(v) for v in values)
+
+
+def _groups_ok(candidate: Any) -> bool:
+    try:
+        return isinstance(candidate, str) and bool(fp32_groups_of(candidate))
+    except ValueError:
+        return False
 
 
 def _require(key: str, ok: bool, why: str) -> None:

@@ -38,7 +38,7 @@ import onnx
 from .checkpoint import Threshold
 from .data.dataset import KSDD2Dataset
 from .evaluation import classification_metrics, predict
-from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS
+from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS, fp32_groups_of
 from .runtimes.onnxruntime_runtime import (OnnxRuntime, calibrate, conv_nodes, prepare_for_quantization,
                                            quantize_prepared, takes_cached_ranges)
 
@@ -55,10 +55,11 @@ class Int8Search:
 
     def __post_init__(self) -> None:
         bad = [c for c in self.calibrations if c not in INT8_CALIBRATIONS]
-        bad += [g for g in self.fp32_candidates if g not in FP32_GROUPS]
+        bad += [g for g in self.fp32_candidates if not all(p.strip() in FP32_GROUPS for p in g.split("+"))]
         if bad or not self.calibrations:
             raise ValueError(f"INT8 search: unknown {bad or 'empty calibrations'}; calibrations "
-                             f"{', '.join(INT8_CALIBRATIONS)}; FP32 layer groups {', '.join(FP32_GROUPS)}")
+                             f"{', '.join(INT8_CALIBRATIONS)}; FP32 layer groups {', '.join(FP32_GROUPS)} "
+                             "(several joined by '+' make one candidate)")
 
     @classmethod
     def from_config(cls, deploy, runtime: str) -> "Int8Search":
@@ -149,14 +150,15 @@ def _search(order: Callable[[list[dict]], Iterator[tuple[str, tuple[str, ...]]]]
 
 def _then_fp32_groups(first: Sequence[str], search: Int8Search, base: str | None = None) -> Callable:
     """Search order: each of `first` with every convolution INT8; then, from `base` (default: the
-    best of those), each FP32 layer group alone, then all of them together."""
+    best of those), each FP32 candidate of `search.fp32_candidates` (a layer group, or several
+    joined by "+"), then, when there are several, all of their groups together."""
     def order(rows: list[dict]) -> Iterator[tuple[str, tuple[str, ...]]]:
         yield from ((m, ()) for m in first)
         best = base or _pick(rows)["calibration"]
-        groups = list(search.fp32_candidates)
-        yield from ((best, (g,)) for g in groups)
-        if len(groups) > 1:
-            yield best, tuple(groups)
+        candidates = [fp32_groups_of(c) for c in search.fp32_candidates]
+        yield from ((best, groups) for groups in candidates)
+        if len(candidates) > 1:
+            yield best, tuple(dict.fromkeys(g for groups in candidates for g in groups))
 
     return order
 

@@ -19,6 +19,16 @@ INT8_CALIBRATIONS = ("minmax", "entropy", "percentile")
 FP32_GROUPS = {"first_conv": ("volume.0.",), "seg_head": ("seg_mask.",), "decision_head": ("extractor.",)}
 
 
+def fp32_groups_of(candidate: str) -> tuple[str, ...]:
+    """The layer groups one INT8 candidate keeps FP32: a group name, or several joined by "+"
+    ("first_conv+seg_head+decision_head"). Raises ValueError naming an unknown group."""
+    groups = tuple(g.strip() for g in candidate.split("+"))
+    if unknown := [g for g in groups if g not in FP32_GROUPS]:
+        raise ValueError(f"unknown FP32 layer group {', '.join(map(repr, unknown))} in {candidate!r}; "
+                         f"groups: {', '.join(FP32_GROUPS)}, or several joined by '+'")
+    return tuple(dict.fromkeys(groups))
+
+
 def unavailable_reason(runtime: str) -> str | None:
     """Why `runtime` cannot run on this machine, or None when it can (ONNX Runtime and torch always can).
     Imports only the runtime's own module, which itself imports its library lazily."""
