@@ -4,7 +4,8 @@ Per model of a built run: ONNX Runtime INT8 for every calibration (minmax, entro
 with every FP32 set (none, each group alone, all three), 15 candidates from one calibration pass;
 each scored on the validation split (mean |decision logit - FP32's|, validation AP, what the search
 sees) and on the test split (AP - FP32's in points, to judge the searches only). Then the search
-rule (`int8._pick`: closest logits among those within the validation-AP tolerance) replayed over
+rule (`int8._pick`: closest logits among those within the validation-AP tolerance) and candidate
+order (`int8._then_fp32_groups`) replayed over
 two candidate sets: the real-image configs' 7 (3 calibrations, then the best with each group alone
 and all three) and the demo's 3 (minmax, percentile, then the better with all three FP32).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +31,14 @@ from segdec_prune.calibration import calibration_path, load_calibration
 from segdec_prune.config import load_config
 from segdec_prune.deploy import model_paths, onnx_info, onnx_path, stored_val_scores
 from segdec_prune.evaluation import classification_metrics, predict
-from segdec_prune.int8 import _pick, logit_error
+from segdec_prune.int8 import Int8Search, _pick, _then_fp32_groups, by_validation_ap, logit_error
 from segdec_prune.runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS
 from segdec_prune.runtimes.onnxruntime_runtime import (OnnxRuntime, calibrate, conv_nodes, prepare_for_quantization,
                                                        quantize_prepared)
 
 SETS = ((), *((g,) for g in FP32_GROUPS), tuple(FP32_GROUPS))
-SEARCHES = {"7 candidates (real-image configs)": (INT8_CALIBRATIONS, SETS[1:]),
-            "3 candidates (demo)": (("minmax", "percentile"), SETS[-1:])}
+SEARCHES = {"7 candidates (real-image configs)": Int8Search(),
+            "3 candidates (demo)": Int8Search(("minmax", "percentile"), ("first_conv+seg_head+decision_head",))}
 
 
 def score_candidates(fp32: Path, calib: np.ndarray, val, test, ref: np.ndarray, test_ref: np.ndarray) -> list[dict]:
@@ -61,15 +63,14 @@ def score_candidates(fp32: Path, calib: np.ndarray, val, test, ref: np.ndarray, 
     return rows
 
 
-def replay(rows: list[dict], calibrations, sets, tolerance: float) -> dict:
-    """The search's choice among `rows` when it tries `calibrations`, then the best with each of `sets`."""
-    def holds(r: dict) -> dict:
-        return {**r, "holds": r["val_ap"] >= r["ref_ap"] - tolerance}
-
-    by = {(r["calibration"], r["fp32_layers"]): holds(r) for r in rows}
-    tried = [by[m, ()] for m in calibrations]
-    best = _pick(tried)["calibration"]
-    return _pick(tried + [by[best, s] for s in sets])
+def replay(rows: list[dict], search: Int8Search) -> dict:
+    """`search`'s choice among the scored `rows`: its own candidate order and rule, no new passes."""
+    by = {(r["calibration"], r["fp32_layers"]): {**r, "holds": by_validation_ap(r, r["ref_ap"], search.tolerance)}
+          for r in rows}
+    tried: list[dict] = []
+    for method, groups in _then_fp32_groups(search.calibrations, search)(tried):
+        tried.append(by[method, groups])
+    return _pick(tried)
 
 
 def main() -> None:
@@ -94,8 +95,8 @@ def main() -> None:
         best_other = min(min(err["minmax", s], err["percentile", s]) for s in SETS)
         line = [f"{name}: validation logit error entropy/best other {err['entropy', ()] / best_other:.2f}x, "
                 f"all three FP32 / closest non-entropy {min(err['minmax', SETS[-1]], err['percentile', SETS[-1]]) / best_other:.3f}x"]
-        for label, (cals, sets) in SEARCHES.items():
-            pick = replay(rows, cals, sets, cfg.deploy.int8_ap_tolerance)
+        for label, search in SEARCHES.items():
+            pick = replay(rows, replace(search, tolerance=cfg.deploy.int8_ap_tolerance))
             gaps[label].append(pick["gap"])
             line.append(f"{label.split(' (')[0]}: {pick['calibration']}+{'+'.join(pick['fp32_layers']) or 'none'} "
                         f"{pick['gap']:+.2f}")

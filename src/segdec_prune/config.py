@@ -20,7 +20,7 @@ else:  # pragma: no cover
 
 from .architecture import DECISION_RESETS, decision_map_size
 from .pruning.methods import METHODS
-from .runtimes.base import CPU_RUNTIMES as INT8_SEARCH_RUNTIMES, FP32_GROUPS, INT8_CALIBRATIONS, RUNTIMES, fp32_groups_of
+from .runtimes.base import CPU_RUNTIMES as INT8_SEARCH_RUNTIMES, FP32_GROUPS, INT8_CALIBRATIONS, RUNTIMES, is_fp32_candidate
 
 
 class ConfigError(ValueError):
@@ -211,7 +211,7 @@ class DeployConfig:
         cal, groups = self.int8_calibrations, self.int8_fp32_candidates
         _require("deploy.int8_calibrations", bool(cal) and all(c in INT8_CALIBRATIONS for c in cal),
                  f"must name one or more of {', '.join(INT8_CALIBRATIONS)}, got {cal}")
-        _require("deploy.int8_fp32_candidates", all(_groups_ok(g) for g in groups),
+        _require("deploy.int8_fp32_candidates", all(is_fp32_candidate(g) for g in groups),
                  f"must name layer groups among {', '.join(FP32_GROUPS)} (several joined by '+' make one "
                  f"candidate), got {groups}")
         _require("deploy.int8_early_exit", all(r in INT8_SEARCH_RUNTIMES for r in self.int8_early_exit),
@@ -263,13 +263,6 @@ SECTIONS = ("data", "train", "prune", "deploy", "run")
 def _all_numbers(values: list, ok: Callable[[float], bool]) -> bool:
     """Every value is a number that `ok` accepts."""
     return all(isinstance(v, (int, float)) and ok(v) for v in values)
-
-
-def _groups_ok(candidate: Any) -> bool:
-    try:
-        return isinstance(candidate, str) and bool(fp32_groups_of(candidate))
-    except ValueError:
-        return False
 
 
 def _require(key: str, ok: bool, why: str) -> None:

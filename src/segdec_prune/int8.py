@@ -38,7 +38,7 @@ import onnx
 from .checkpoint import Threshold
 from .data.dataset import KSDD2Dataset
 from .evaluation import classification_metrics, predict
-from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS, fp32_groups_of
+from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS, fp32_groups_of, is_fp32_candidate
 from .runtimes.onnxruntime_runtime import (OnnxRuntime, calibrate, conv_nodes, prepare_for_quantization,
                                            quantize_prepared, takes_cached_ranges)
 
@@ -55,7 +55,7 @@ class Int8Search:
 
     def __post_init__(self) -> None:
         bad = [c for c in self.calibrations if c not in INT8_CALIBRATIONS]
-        bad += [g for g in self.fp32_candidates if not all(p.strip() in FP32_GROUPS for p in g.split("+"))]
+        bad += [g for g in self.fp32_candidates if not is_fp32_candidate(g)]
         if bad or not self.calibrations:
             raise ValueError(f"INT8 search: unknown {bad or 'empty calibrations'}; calibrations "
                              f"{', '.join(INT8_CALIBRATIONS)}; FP32 layer groups {', '.join(FP32_GROUPS)} "

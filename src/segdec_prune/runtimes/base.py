@@ -29,6 +29,14 @@ def fp32_groups_of(candidate: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(groups))
 
 
+def is_fp32_candidate(candidate: object) -> bool:
+    """Whether `candidate` is a valid entry of `deploy.int8_fp32_candidates` (see `fp32_groups_of`)."""
+    try:
+        return isinstance(candidate, str) and bool(fp32_groups_of(candidate))
+    except ValueError:
+        return False
+
+
 def unavailable_reason(runtime: str) -> str | None:
     """Why `runtime` cannot run on this machine, or None when it can (ONNX Runtime and torch always can).
     Imports only the runtime's own module, which itself imports its library lazily."""
