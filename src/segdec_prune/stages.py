@@ -15,6 +15,7 @@ from .config import Config, ConfigError
 from .data.dataset import KSDD2Dataset, preprocessing_for, train_val_datasets
 from .model import SegDecNet, Widths, count_parameters
 from .pipeline import Step, StageUnavailable, config_sections
+from .pruning.memo import SourceMemo
 from .pruning.methods import Method, get_method
 from .pruning.plan import Target
 from .pruning.workflow import PruneOutcome
@@ -27,6 +28,15 @@ EXPORT_METADATA = 2  # 2: the decision threshold joined the ONNX metadata (older
 # that file is one of its candidates). Builds a machine cannot do are recorded as unavailable.
 BUILDS = (("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8"))
 REPORT_VERSION = 2  # raise when the page changes, so `run` rewrites old reports
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    """(modification time ns, size) of a file, (0, -1) when there is none: when to load it again."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0, -1
+    return st.st_mtime_ns, st.st_size
 
 
 def baseline_path(cfg: Config) -> Path:
@@ -56,9 +66,16 @@ class RunState:
         self.cfg = cfg
         self.progress = progress
         self.baseline_file = baseline_file or baseline_path(cfg)
-        self.data_from = data_from  # another state of the same config whose splits this one shares
+        self.data_from = data_from  # another state of the same config whose splits, baseline and memo this one shares
         self._sparse: SegDecNet | None = None
         self._tables: dict[tuple[str, str], object] = {}
+        self._baseline: tuple[tuple, Checkpoint] | None = None
+        self._memo: SourceMemo | None = None
+
+    @property
+    def _home(self) -> "RunState":
+        """Where what is loaded once per process lives: a worker's steps each get a state of their own."""
+        return self.data_from if self.data_from is not None else self
 
     @cached_property
     def sets(self) -> tuple[KSDD2Dataset, KSDD2Dataset]:
@@ -66,9 +83,17 @@ class RunState:
             return self.data_from.sets
         return train_val_datasets(self.cfg.data, preprocessing_for(self.cfg.data, self.cfg.train))
 
-    @cached_property
+    @property
     def baseline(self) -> Checkpoint:
-        """The baseline checkpoint, checked against the config's input size."""
+        """The baseline checkpoint, checked against the config's input size; loaded once per
+        process (with `data_from`: shared with it) while the file stays the same."""
+        home, path = self._home, self.baseline_file
+        key = (str(path), *_stat_key(path))
+        if home._baseline is None or home._baseline[0] != key:
+            home._baseline = key, self._load_baseline()
+        return home._baseline[1]
+
+    def _load_baseline(self) -> Checkpoint:
         path, data = self.baseline_file, self.cfg.data
         if not path.is_file():
             raise FileNotFoundError(f"no baseline checkpoint at {path}; run `segdec-prune train --config ...` first")
@@ -83,6 +108,8 @@ class RunState:
     def batches(self):
         from .pruning.workflow import calibration_batches
 
+        if self.data_from is not None:
+            return self.data_from.batches  # the same objects: the memo's entries are per batches
         p = self.cfg.prune
         return calibration_batches(self.sets[0], p.calibration_batches, self.cfg.train.batch_size, p.seed)
 
@@ -135,7 +162,9 @@ class RunState:
                 self._sparse = sparsity_trained(self.baseline, self.cfg, *self.sets, progress=self.progress)
             source = self._sparse
         teacher = self.teacher if self.cfg.prune.distill and finetune_epochs > 0 else None
-        data = RecoveryData(*self.sets, self.batches, teacher)
+        home = self._home
+        home._memo = home._memo or SourceMemo()  # the baseline's scores and refit maps, once per process
+        data = RecoveryData(*self.sets, self.batches, teacher, home._memo)
         table = None
         if isinstance(target, Budget):
             table = self.latency_table(target.runtime, target.precision)[0] if target.kind == "latency" else \

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from ..latency_table import LatencyTable
 
 Target = float | Budget  # a share of every layer's channels to remove, or a budget to meet
+# (model, method, batches, include_extractor, options, seed) -> scores per prunable conv: `channel_scores`'s signature
+ScoreFn = Callable[[SegDecNet, Method, Sequence[Batch], bool, dict, int], list[torch.Tensor]]
 
 
 def target_name(method: Method, target: Target) -> str:
@@ -74,14 +76,15 @@ def verified(widths: Widths, target_ms: float, budget: float, plan: Callable[[fl
 
 
 def plan_target(source: SegDecNet, method: Method, target: Target, cfg: Config, batches: Sequence[Batch],
-                table: LatencyTable | None = None) -> Planned:
+                table: LatencyTable | None = None, score: ScoreFn = channel_scores) -> Planned:
     """Widths for `target`: one ratio for every layer, or global allocation under a budget
-    (MACs from the shapes; latency from `table`, which must be for the budget's runtime)."""
+    (MACs from the shapes; latency from `table`, which must be for the budget's runtime; the
+    scores it allocates by from `score`, `channel_scores` or a memo of it)."""
     p, c = cfg.prune, source.in_channels
     size = (cfg.data.input_height, cfg.data.input_width)
     scores, checks, measured = None, [], None
     if isinstance(target, Budget):
-        replan, scores, budget = budget_plan(source, method, target, cfg, batches, table)
+        replan, scores, budget = budget_plan(source, method, target, cfg, batches, table, score)
         widths = replan(budget)
         if target.kind == "latency":
             widths, measured, checks = verified(widths, target.value, budget, replan, table)
@@ -119,7 +122,8 @@ def criterion_options(cfg: Config) -> dict:
 
 
 def budget_plan(source: SegDecNet, method: Method, target: Budget, cfg: Config, batches: Sequence[Batch],
-                table: LatencyTable | None) -> tuple[Callable[[float], Widths], list[torch.Tensor], float]:
+                table: LatencyTable | None, score: ScoreFn = channel_scores
+                ) -> tuple[Callable[[float], Widths], list[torch.Tensor], float]:
     """Global allocation of `source`'s channels under `target`: (budget in the cost's units ->
     widths), the criterion's scores it allocates by, and the budget for `target`. A target the
     narrowest allowed network cannot meet (for latency: measured, not predicted) fails before
@@ -138,7 +142,7 @@ def budget_plan(source: SegDecNet, method: Method, target: Budget, cfg: Config, 
         unit, reach = ("", f"{floor:.1%} of the baseline's MACs") if target.kind == "macs" else (" ms", f"{floor:.2f} ms")
         raise BudgetError(f"the target {target.value:g}{unit} is out of reach: the narrowest network allowed (prune."
                           f"min_width {p.min_width}, min_keep {p.min_keep}, align {p.align}) needs {reach}")
-    scores = channel_scores(source, method, batches, p.include_extractor, criterion_options(cfg), p.seed)
+    scores = score(source, method, batches, p.include_extractor, criterion_options(cfg), p.seed)
     arrays = [s.numpy() for s in scores]
 
     def plan(budget: float) -> Widths:

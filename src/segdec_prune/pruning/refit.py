@@ -23,25 +23,40 @@ RIDGE = 1e-3  # relative to the mean squared feature: keeps the solve well-posed
 
 
 @torch.no_grad()
-def refit_seg_head(model: SegDecNet, teacher: SegDecNet, batches: Sequence[Batch], ridge: float = RIDGE) -> float:
-    """Set `model`'s 1x1 seg conv to the ridge least-squares fit of `teacher`'s pre-norm seg
-    output from `model`'s own volume, over every pixel of `batches`; nothing else changes (device
-    and train/eval mode included). Returns the fit's R^2 (1 = the teacher's map reproduced exactly)."""
-    feats, target = [], []
-    h1 = model.seg_mask[0].register_forward_hook(lambda m, inp, out: feats.append(inp[0].cpu()))
-    h2 = teacher.seg_mask[0].register_forward_hook(lambda m, inp, out: target.append(out.cpu()))
-    modes = model.training, teacher.training
+def seg_targets(teacher: SegDecNet, batches: Sequence[Batch]) -> list[torch.Tensor]:
+    """`teacher`'s pre-norm seg map of each batch (on the CPU): what the refit reproduces. The same
+    for every model pruned from one teacher, so callers that prune it several times compute it once."""
+    target: list[torch.Tensor] = []
+    hook = teacher.seg_mask[0].register_forward_hook(lambda m, inp, out: target.append(out.cpu()))
+    mode = teacher.training
     try:
-        model.eval()
         teacher.eval()
-        for b in batches:  # each model where it is (the baseline may sit on a GPU)
-            model(b["image"].to(next(model.parameters()).device))
+        for b in batches:  # where the teacher is (the baseline may sit on a GPU)
             teacher(b["image"].to(next(teacher.parameters()).device))
     finally:
-        h1.remove()
-        h2.remove()
-        model.train(modes[0])
-        teacher.train(modes[1])
+        hook.remove()
+        teacher.train(mode)
+    return target
+
+
+@torch.no_grad()
+def refit_seg_head(model: SegDecNet, teacher: SegDecNet | Sequence[torch.Tensor], batches: Sequence[Batch],
+                   ridge: float = RIDGE) -> float:
+    """Set `model`'s 1x1 seg conv to the ridge least-squares fit of the teacher's pre-norm seg
+    output (`teacher`: the model, or its `seg_targets` on these batches) from `model`'s own volume,
+    over every pixel of `batches`; nothing else changes (device and train/eval mode included).
+    Returns the fit's R^2 (1 = the teacher's map reproduced exactly)."""
+    target = seg_targets(teacher, batches) if isinstance(teacher, SegDecNet) else list(teacher)
+    feats: list[torch.Tensor] = []
+    hook = model.seg_mask[0].register_forward_hook(lambda m, inp, out: feats.append(inp[0].cpu()))
+    mode = model.training
+    try:
+        model.eval()
+        for b in batches:
+            model(b["image"].to(next(model.parameters()).device))
+    finally:
+        hook.remove()
+        model.train(mode)
     x = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats]).double()
     y = torch.cat([t.reshape(-1) for t in target]).double()
     gram = x.T @ x

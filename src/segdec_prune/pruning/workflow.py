@@ -27,6 +27,7 @@ from . import recipe
 from .allocate import Budget
 from .criteria import Batch
 from .distill import Distillation, TeacherOutputs, VolumeDistillation, kept_after, summed
+from .memo import SourceMemo
 from .methods import Method
 from .plan import Target, criterion_options, plan_target, target_name
 from .prune import prune_to_widths, round_widths
@@ -96,12 +97,15 @@ def sparsity_penalty(lam: float):
 @dataclass
 class RecoveryData:
     """What pruning and recovery read besides the model: the training split (with its
-    validation hold-out), the calibration batches for scoring, the teacher's cached outputs."""
+    validation hold-out), the calibration batches for scoring, the teacher's cached outputs,
+    and what was computed from a source model and these batches already (`memo`: share one
+    RecoveryData, or its memo, between prunings of one model)."""
 
     train_set: KSDD2Dataset
     val_set: KSDD2Dataset
     batches: Sequence[Batch]
     teacher: TeacherOutputs | None = None
+    memo: SourceMemo = dataclasses.field(default_factory=SourceMemo)
 
 
 @dataclass
@@ -129,7 +133,7 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
     so one-shot and iterative get the same total fine-tuning."""
     p, train_set, val_set = cfg.prune, data.train_set, data.val_set
     size = (cfg.data.input_height, cfg.data.input_width)
-    planned = plan_target(source, method, target, cfg, data.batches, table)
+    planned = plan_target(source, method, target, cfg, data.batches, table, data.memo.scores)
     if on_plan:
         on_plan(planned.info)
     plan = round_widths(source.widths, planned.widths, p.steps)
@@ -143,15 +147,20 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
     kept = list(range(source.widths.volume[-1]))  # the teacher's indices of the volume channels still there
     for i, widths in enumerate(plan):
         before = model
+        ranking = None  # the channel scores; later rounds score the current model afresh
+        if i == 0:
+            ranking = planned.scores if planned.scores is not None else \
+                data.memo.scores(model, method, data.batches, p.include_extractor, options, p.seed)
         model, removed = prune_to_widths(model, method, widths, data.batches, size, p.include_extractor, options,
-                                         p.seed + i, planned.scores if i == 0 else None)
+                                         p.seed + i, ranking)
         kept = kept_after(kept, removed[last_conv])
         if i == 0 and on_pruned:
             on_pruned(model)
         record: dict = {"widths": widths.to_dict(), "removed_channels": removed}
         if p.refit_seg_head:  # the map read off the pruned volume again, before anything is measured
             unfitted = copy.deepcopy(model.seg_mask)
-            record["seg_refit_r2"] = refit_seg_head(model, before, data.batches)
+            teacher = data.memo.seg_targets(before, data.batches) if i == 0 else before  # the source's: once
+            record["seg_refit_r2"] = refit_seg_head(model, teacher, data.batches)
             before_refit, just_pruned = validate_seg_heads(model, val_set, device, [unfitted, model.seg_mask])
             record["val_ap_unfitted"] = before_refit.ap
         else:
