@@ -145,3 +145,34 @@ def test_json_artifacts_are_strict_json(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"dice": None, "xs": [None, 0.5], "n": 3}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
+
+
+def test_a_data_folders_fingerprint_is_the_one_earlier_manifests_hold(tmp_path):
+    """The scandir walk gives what `sorted(rglob)` gave (names, sizes, times in path-component order,
+    linked folders not walked), so runs recorded before it are still up to date; any change shows."""
+    import hashlib
+    import os
+
+    from segdec_prune.pipeline import folder_fingerprint
+
+    def by_rglob(folder):
+        h = hashlib.sha256()
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    root = tmp_path / "data"
+    for rel in ("a/x.png", "a-b/x.png", "a.png", "a/b/c_GT.png", "B/y.png"):  # '-' and '.' sort before '/'
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "z.png").write_bytes(b"z")
+    os.symlink(outside, root / "linked")
+    os.symlink(outside / "z.png", root / "a" / "z.png")  # a linked file counts, as its target
+    before = folder_fingerprint(root)
+    assert before == by_rglob(root)
+    (root / "a-b" / "x.png").write_bytes(b"changed")
+    assert folder_fingerprint(root) != before

@@ -73,6 +73,10 @@ def test_probe_record_round_trips_through_the_checkpoint(trained, tiny_config, s
     assert meta["recipe"]["source"] == "probe" and len(meta["recipe"]["candidates"]) == 2
     assert meta["finetune_config"]["lr"] == meta["recipe"]["lr"] in (0.001, 0.01)
     assert meta["rounds"][0]["recipe"] == meta["recipe"]
+    from segdec_prune.stages import prune_line
+
+    assert 0 < out.validation_seconds < out.finetune_seconds  # the line says where fine-tuning's time went
+    assert f"(validating {out.validation_seconds:.0f} s)" in prune_line(out)
 
 
 def test_stuck_decision_loss_is_reported(trained, tiny_config, sets, batches, caplog):

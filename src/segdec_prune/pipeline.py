@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -26,12 +27,24 @@ MANIFEST = "manifest.json"
 
 
 def folder_fingerprint(folder: Path) -> str:
-    """Cheap identity of a data folder: every file's relative name, size and mtime."""
+    """Cheap identity of a data folder: every file's relative name, size and mtime, in the order of
+    their path components. Walked with `os.scandir` (each entry's stat comes with the listing):
+    every step that reads the data takes this, 62 times in a demo rerun, where sorting 1,800
+    `Path` objects and a stat call per file took most of the rerun's time."""
+    files: list[tuple[tuple[str, ...], int, int]] = []
+    stack: list[tuple[str, tuple[str, ...]]] = [(str(folder), ())]
+    while stack:
+        where, parts = stack.pop()
+        with os.scandir(where) as entries:
+            for e in entries:
+                if e.is_dir() and not e.is_symlink():  # as `Path.rglob`: a linked folder is not walked
+                    stack.append((e.path, (*parts, e.name)))
+                elif e.is_file():
+                    st = e.stat()
+                    files.append(((*parts, e.name), st.st_size, st.st_mtime_ns))
     h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for parts, size, mtime in sorted(files):
+        h.update(f"{os.sep.join(parts)}\0{size}\0{mtime}\n".encode())
     return h.hexdigest()
 
 

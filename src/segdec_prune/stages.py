@@ -338,10 +338,12 @@ def train_line(result: TrainResult) -> str:
 
 def prune_line(out: PruneOutcome) -> str:
     """What the manifest says of a pruned model (`run`'s step and the `prune` command alike),
-    with where its time went: fine-tuning (epochs run) against the rest."""
+    with where its time went: fine-tuning (epochs run, and of that the validation passes) against
+    the rest (scoring, pruning, the refit and the validation before fine-tuning)."""
     ms = out.plan["measured_plan_ms"] or out.plan["predicted_latency_ms"]
     plan = f"{out.plan['mac_fraction']:.1%} of the MACs" + (f", {ms:.2f} ms planned" if ms else "")
-    tuned = f"; {out.epochs} epochs in {out.finetune_seconds:.0f} s" if out.epochs else ""
+    tuned = (f"; {out.epochs} epochs in {out.finetune_seconds:.0f} s (validating {out.validation_seconds:.0f} s)"
+             if out.epochs else "")
     refit = f" ({out.val_ap_unfitted:.4f} before the seg-head refit)" if out.val_ap_unfitted is not None else ""
     return f"{plan}; val AP {out.val_ap_pruned:.4f}{refit} -> {out.val_ap:.4f}{tuned}"
 

@@ -51,6 +51,7 @@ class PruneOutcome:
     epochs: int = 0  # fine-tuning epochs run, over all rounds (early stopping ends most before the cap)
     finetune_seconds: float = 0.0  # of `seconds`; the rest is scoring, pruning and the first validation
     val_ap_unfitted: float | None = None  # with prune.refit_seg_head: before the refit (val_ap_pruned is after)
+    validation_seconds: float = 0.0  # of `finetune_seconds`: the validation pass after each epoch
 
 
 def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed: int) -> list[Batch]:
@@ -229,9 +230,10 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
         save_checkpoint(path, pruned, baseline.input_spec, meta)
     distributed.barrier()
     trained = [r["training"] for r in out.rounds if "training" in r]
+    tuning = sum(t["seconds"] for t in trained)
     return PruneOutcome(name, path, pruned.widths.to_dict(), out.val_ap_pruned, out.val_ap, time.perf_counter() - start,
-                        out.plan, sum(len(t["history"]) for t in trained), sum(t["seconds"] for t in trained),
-                        out.rounds[0].get("val_ap_unfitted"))
+                        out.plan, sum(len(t["history"]) for t in trained), tuning, out.rounds[0].get("val_ap_unfitted"),
+                        tuning - sum(h["seconds"] for t in trained for h in t["history"]))
 
 
 def sparsity_trained(baseline: Checkpoint, cfg: Config, train_set: KSDD2Dataset, val_set: KSDD2Dataset,
