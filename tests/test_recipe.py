@@ -15,7 +15,7 @@ from segdec_prune.checkpoint import Checkpoint, InputSpec, load_checkpoint
 from segdec_prune.config import ConfigError, from_dict
 from segdec_prune.pruning import recipe
 from segdec_prune.pruning.methods import get_method
-from segdec_prune.pruning.workflow import RecoveryData, finetune_config, prune_one
+from segdec_prune.pruning.workflow import RecoveryData, finetune_config, prune_and_recover, prune_one
 from segdec_prune.training import EpochRecord, Validation, train
 
 from .conftest import SIZE
@@ -134,3 +134,14 @@ def test_fine_tuning_can_rerun_the_papers_dynamic_balancing(tiny_config):
     assert ft.dyn_balanced_loss is True and training.loss_weights(0, ft) == (1.0, 0.0)
     with pytest.raises(ConfigError, match="prune.reset_decision"):
         from_dict({"prune": {"reset_decision": "everything"}})
+
+
+def test_keeping_the_last_epoch_validates_it_alone_and_returns_its_weights(trained, tiny_config, sets, batches):
+    cfg = _cfg(tiny_config, finetune_keep="last", finetune_patience=0, finetune_lr=0.05)
+    seen = []
+    out = prune_and_recover(trained, get_method("naive_l1"), 0.5, cfg, RecoveryData(*sets, batches), finetune_epochs=3,
+                            on_epoch=lambda m, rec: seen.append((rec, copy.deepcopy(m.state_dict()))))
+    history = out.rounds[0]["training"]["history"]
+    assert [h["val_ap"] is not None for h in history] == [False, False, True]  # one validation pass, the last epoch's
+    assert all(torch.equal(v, seen[-1][1][k]) for k, v in out.model.state_dict().items())
+    assert out.val_ap == history[-1]["val_ap"] and out.val_scores is not None  # the threshold and scores: of it

@@ -36,3 +36,20 @@ def test_two_epoch_training_lowers_loss_saves_best_and_is_deterministic(tiny_con
     _, again = _run(tiny_config, tmp_path / "b.pth")
     assert [h.loss for h in again.history] == [h.loss for h in result.history]
 
+
+
+def test_on_epoch_sees_every_epochs_weights_and_changes_nothing(tiny_config, tmp_path):
+    import copy
+
+    train_set, val_set = train_val_datasets(tiny_config.data, preprocessing_for(tiny_config.data, tiny_config.train))
+    seen = []
+    torch.manual_seed(tiny_config.train.seed)
+    model = SegDecNet()
+    result = train(model, train_set, val_set, tiny_config.train, None, None, show_progress=False,
+                   on_epoch=lambda m, rec: seen.append((rec, copy.deepcopy(m.state_dict()))))
+    assert [rec for rec, _ in seen] == result.history and len(seen) == tiny_config.train.epochs
+    best = seen[result.best_epoch][1]  # the weights kept are the best epoch's, as the hook saw them
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, seen[0][1][k]) for k, v in seen[-1][1].items())  # each epoch its own
+    _, plain = _run(tiny_config, None)
+    assert [h.loss for h in plain.history] == [h.loss for h in result.history]  # the hook changed no result

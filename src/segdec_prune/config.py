@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
 
 LR_SCHEDULES = ("constant", "cosine")
+FINETUNE_KEEP = ("best", "last")  # prune.finetune_keep: the best validated epoch, or the last (one validation)
 
 
 @dataclass
@@ -114,6 +115,7 @@ class PruneConfig:
     probe_momenta: list = field(default_factory=lambda: [0.0, 0.9])  # ... each lr with each momentum
     probe_fraction: float = 0.25  # ... each trained for this share of an epoch, then scored on validation
     finetune_patience: int = 5  # stop after this many epochs without a better validation AP (0 = never)
+    finetune_keep: str = "best"  # best: validate every epoch, keep the best; last: validate the last epoch only, keep it
     finetune_schedule: str = "constant"  # constant | cosine
     finetune_seg_weight: float = 3.0  # fixed loss weights: segmentation this, decision train.delta
     reset_decision: str = "none"  # after pruning: none | fc (zero the final layer) | head (and the extractor)
@@ -167,6 +169,10 @@ class PruneConfig:
         _require("prune.probe_fraction", 0 < self.probe_fraction <= 2, f"must be in (0, 2], got {self.probe_fraction}")
         _require("prune.finetune_patience", self.finetune_patience >= 0, f"must be >= 0, got {self.finetune_patience}")
         _require("prune.finetune_momentum", 0 <= self.finetune_momentum < 1, f"must be in [0, 1), got {self.finetune_momentum}")
+        _require("prune.finetune_keep", self.finetune_keep in FINETUNE_KEEP,
+                 f"must be one of {', '.join(FINETUNE_KEEP)}, got {self.finetune_keep!r}")
+        _require("prune.finetune_keep", self.finetune_keep == "best" or self.finetune_patience == 0,
+                 f'"last" validates only the last epoch: set prune.finetune_patience = 0 (got {self.finetune_patience})')
         _require("prune.finetune_schedule", self.finetune_schedule in LR_SCHEDULES,
                  f"must be one of {', '.join(LR_SCHEDULES)}, got {self.finetune_schedule!r}")
         _require("prune.finetune_seg_weight", self.finetune_seg_weight >= 0, f"must be >= 0, got {self.finetune_seg_weight}")

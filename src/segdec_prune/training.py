@@ -175,12 +175,15 @@ def train(
     progress: Progress | None = None,
     iterations: int | None = None,
     patience: int = 0,
+    on_epoch: Callable[[SegDecNet, EpochRecord], None] | None = None,
 ) -> TrainResult:
     """Train in place; leaves the model holding its best-by-validation weights and saves them
     to `save_path` (None: the caller saves). Pass `progress` to show it inside an existing display.
     `iterations` stops after that many batches instead of `cfg.epochs` whole epochs (iterative
     pruning's short rounds); the last (partial) epoch always validates. `patience` > 0 stops
     after that many validations without a better AP (early stopping; the best weights are kept).
+    `on_epoch` sees the model and the record after each epoch (validated or not), e.g. to measure
+    every epoch's weights in a benchmark; it must leave the model as it found it.
     Under torchrun it trains data-parallel (`distributed`): same epochs and global batch, rank 0
     validates and saves, and every rank returns with rank 0's best weights and result."""
     seed_everything(cfg.seed)
@@ -244,6 +247,8 @@ def train(
                     result.best_scores = scores
                 bar.update(task, info=f"ep {epoch + 1} val AP {rec.val_ap:.4f} (best {result.best_val_ap:.4f})")
             result.history.append(rec)
+            if on_epoch is not None and ranks.main:
+                on_epoch(model, rec)
             if not bar.disable:
                 bar.console.print(
                     f"{description} epoch {epoch + 1}/{epochs}: loss seg {rec.loss_seg:.4f} dec {rec.loss_dec:.4f}"

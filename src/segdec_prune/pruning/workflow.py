@@ -22,7 +22,8 @@ from ..checkpoint import Checkpoint, Threshold, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data.dataset import KSDD2Dataset
 from ..model import SegDecNet, count_parameters, prunable_convs, reset_decision
-from ..training import batches_per_epoch, resolve_device, train, val_scores, validate, validate_seg_heads
+from ..training import (EpochRecord, batches_per_epoch, resolve_device, train, val_scores, validate,
+                        validate_seg_heads)
 from . import recipe
 from .allocate import Budget
 from .criteria import Batch
@@ -66,13 +67,15 @@ def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed
 
 def finetune_config(cfg: Config, epochs: int) -> TrainConfig:
     """Fine-tuning: the training loop with the recovery recipe of `prune.*` (fixed loss weights:
-    the model is already trained; momentum and schedule as configured). With `finetune_lr =
+    the model is already trained; momentum and schedule as configured; every epoch validated, or
+    with `finetune_keep = "last"` only the last, which `train` always validates). With `finetune_lr =
     "auto"` lr and momentum here are placeholders until `recipe.choose` sets them."""
     p = cfg.prune
     lr = p.finetune_lr if p.finetune_lr != "auto" else p.probe_lrs[0]
-    return dataclasses.replace(cfg.train, epochs=max(epochs, 1), lr=lr, momentum=p.finetune_momentum,
+    epochs = max(epochs, 1)
+    return dataclasses.replace(cfg.train, epochs=epochs, lr=lr, momentum=p.finetune_momentum,
                                lr_schedule=p.finetune_schedule, dyn_balanced_loss=p.finetune_dyn_balanced,
-                               seg_weight=p.finetune_seg_weight, validate_every=1)
+                               seg_weight=p.finetune_seg_weight, validate_every=1 if p.finetune_keep == "best" else epochs)
 
 
 def distillation(cfg: Config, teacher: TeacherOutputs | None, train_set: KSDD2Dataset) -> Distillation | None:
@@ -126,9 +129,11 @@ class Recovered:
 def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Config, data: RecoveryData,
                       finetune_epochs: int, progress: Progress | None = None, description: str = "fine-tune",
                       table: LatencyTable | None = None, on_plan: Callable[[dict], None] | None = None,
-                      on_pruned: Callable[[SegDecNet], None] | None = None) -> Recovered:
+                      on_pruned: Callable[[SegDecNet], None] | None = None,
+                      on_epoch: Callable[[SegDecNet, EpochRecord], None] | None = None) -> Recovered:
     """Plan the widths for `target` (`on_plan` sees the plan before any fine-tuning, `on_pruned`
-    the model right after the first round's pruning, e.g. to test it: no second pruning), then prune
+    the model right after the first round's pruning, e.g. to test it: no second pruning; `on_epoch`
+    each fine-tuning epoch's model, as `train` gives it), then prune
     `source` to them in `prune.steps` rounds (scores recomputed on the current model each round),
     fine-tuning after each round; the rounds share `finetune_epochs` epochs of batches equally,
     so one-shot and iterative get the same total fine-tuning."""
@@ -181,7 +186,7 @@ def prune_and_recover(source: SegDecNet, method: Method, target: Target, cfg: Co
             try:
                 result = train(model, train_set, val_set, round_cfg, None, None, extra_loss=summed(extra, volume),
                                progress=progress, description=description + step, iterations=iterations,
-                               patience=p.finetune_patience)
+                               patience=p.finetune_patience, on_epoch=on_epoch)
             finally:
                 if volume is not None:
                     volume.close()
