@@ -14,7 +14,7 @@ from .checkpoint import Checkpoint, InputSpec, Threshold, load_checkpoint
 from .config import Config, ConfigError
 from .data.dataset import KSDD2Dataset, preprocessing_for, train_val_datasets
 from .model import SegDecNet, Widths, count_parameters
-from .pipeline import Step, StageUnavailable, config_sections
+from .pipeline import Step, StageUnavailable, config_sections, fingerprint
 from .pruning.memo import SourceMemo
 from .pruning.methods import Method, get_method
 from .pruning.plan import Target
@@ -28,15 +28,6 @@ EXPORT_METADATA = 2  # 2: the decision threshold joined the ONNX metadata (older
 # that file is one of its candidates). Builds a machine cannot do are recorded as unavailable.
 BUILDS = (("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8"))
 REPORT_VERSION = 2  # raise when the page changes, so `run` rewrites old reports
-
-
-def _stat_key(path: Path) -> tuple[int, int]:
-    """(modification time ns, size) of a file, (0, -1) when there is none: when to load it again."""
-    try:
-        st = path.stat()
-    except OSError:
-        return 0, -1
-    return st.st_mtime_ns, st.st_size
 
 
 def baseline_path(cfg: Config) -> Path:
@@ -70,7 +61,7 @@ class RunState:
         self._sparse: SegDecNet | None = None
         self._tables: dict[tuple[str, str], object] = {}
         self._baseline: tuple[tuple, Checkpoint] | None = None
-        self._memo: SourceMemo | None = None
+        self._memo = SourceMemo()  # the baseline's scores and refit maps; a worker's steps use their home's
 
     @property
     def _home(self) -> "RunState":
@@ -88,7 +79,7 @@ class RunState:
         """The baseline checkpoint, checked against the config's input size; loaded once per
         process (with `data_from`: shared with it) while the file stays the same."""
         home, path = self._home, self.baseline_file
-        key = (str(path), *_stat_key(path))
+        key = (str(path), fingerprint(path))  # the manifest's identity of the file (hashed once per version)
         if home._baseline is None or home._baseline[0] != key:
             home._baseline = key, self._load_baseline()
         return home._baseline[1]
@@ -162,9 +153,7 @@ class RunState:
                 self._sparse = sparsity_trained(self.baseline, self.cfg, *self.sets, progress=self.progress)
             source = self._sparse
         teacher = self.teacher if self.cfg.prune.distill and finetune_epochs > 0 else None
-        home = self._home
-        home._memo = home._memo or SourceMemo()  # the baseline's scores and refit maps, once per process
-        data = RecoveryData(*self.sets, self.batches, teacher, home._memo)
+        data = RecoveryData(*self.sets, self.batches, teacher, self._home._memo)
         table = None
         if isinstance(target, Budget):
             table = self.latency_table(target.runtime, target.precision)[0] if target.kind == "latency" else \
