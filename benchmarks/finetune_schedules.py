@@ -13,6 +13,10 @@ last epoch always validates).
     python benchmarks/finetune_schedules.py --config configs/demo.toml --seeds 3 --part 1/2 --out b.json
     python benchmarks/finetune_schedules.py --merge a.json b.json
 
+`--set KEY=VALUE` changes the config for every job, e.g. `--set prune.finetune_precision=bf16`; with
+`prune.finetune_keep = "last"` in the config, add `--set prune.finetune_keep=best` so every epoch validates
+(validation does not change training).
+
 One thread per process (as a pipeline worker fine-tunes); split the jobs over processes with --part.
 """
 
@@ -42,7 +46,7 @@ SCHEDULES = (("4 epochs, validate each (the demo's recipe)", 4, None), ("4 epoch
 def measure(args: argparse.Namespace, console: Console) -> list[dict]:
     """Fine-tune this part's (seed, target) jobs, one row per job with every epoch's figures."""
     torch.set_num_threads(1)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     bench = Bench(cfg)
     train_set, val_set = bench.sets
     p = cfg.prune
@@ -52,7 +56,7 @@ def measure(args: argparse.Namespace, console: Console) -> list[dict]:
     part, parts = map(int, args.part.split("/"))
     rows = []
     for seed, name, target in jobs[part::parts]:
-        scfg = load_config(args.config, [f"prune.seed={seed}", f"train.seed={seed}"])
+        scfg = load_config(args.config, [*args.set, f"prune.seed={seed}", f"train.seed={seed}"])
         batches = calibration_batches(train_set, p.calibration_batches, cfg.train.batch_size, seed)
         epochs: list[dict] = []
         last = [time.perf_counter()]
@@ -113,6 +117,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--part", default="0/1", help="i/n: this process's share of the jobs")
     ap.add_argument("--out", type=Path, help="write the rows (JSON)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--merge", type=Path, nargs="*", help="replay the rows of these files instead of measuring")
     args = ap.parse_args()
     console = Console()
@@ -121,10 +126,10 @@ def main() -> None:
         baseline = next((json.loads(p.read_text()).get("baseline_ap") for p in args.merge), None)
     else:
         rows = measure(args, console)
-        bench = Bench(load_config(args.config))
+        bench = Bench(load_config(args.config, args.set))
         baseline = bench.test_metrics(bench.baseline.model)["ap"]
         if args.out:
-            args.out.write_text(json.dumps({"config": args.config, "baseline_ap": baseline, "rows": rows}))
+            args.out.write_text(json.dumps({"config": args.config, "set": args.set, "baseline_ap": baseline, "rows": rows}))
     replay(rows, baseline, console)
 
 

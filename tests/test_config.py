@@ -27,6 +27,8 @@ def test_repository_configs_load():
         ({"prune": {"ratios": [0.2, 1.0]}}, "prune.ratios"),
         ({"prune": {"c3_lambda": 2}}, "prune.c3_lambda"),
         ({"prune": {"finetune_keep": "first"}}, "prune.finetune_keep"),
+        ({"prune": {"finetune_precision": "fp16"}}, "prune.finetune_precision"),
+        ({"train": {"precision": "half"}}, "train.precision"),
         ({"prune": {"finetune_keep": "last", "finetune_patience": 2}}, "prune.finetune_keep"),  # nothing to stop on
         ({"deploy": {"int8_calibrations": ["kl"]}}, "deploy.int8_calibrations"),
         ({"deploy": {"int8_calibrations": []}}, "deploy.int8_calibrations"),

@@ -145,3 +145,17 @@ def test_keeping_the_last_epoch_validates_it_alone_and_returns_its_weights(train
     assert [h["val_ap"] is not None for h in history] == [False, False, True]  # one validation pass, the last epoch's
     assert all(torch.equal(v, seen[-1][1][k]) for k, v in out.model.state_dict().items())
     assert out.val_ap == history[-1]["val_ap"] and out.val_scores is not None  # the threshold and scores: of it
+
+
+def test_bf16_fine_tuning_is_recorded_and_said(trained, tiny_config, sets, batches, monkeypatch):
+    from segdec_prune.stages import prune_line
+
+    monkeypatch.setattr(training, "bf16_native", lambda device: True)
+    cfg = _cfg(tiny_config, finetune_precision="bf16")
+    assert finetune_config(cfg, 2).precision == "bf16" and cfg.train.precision == "fp32"  # the baseline's stays
+    baseline = Checkpoint(trained, InputSpec(height=SIZE[0], width=SIZE[1]), {})
+    out = prune_one(baseline, get_method("naive_l1"), 0.5, cfg, RecoveryData(*sets, batches), finetune_epochs=1)
+    assert out.precision == "bf16" and "; 1 bf16 epochs in" in prune_line(out)
+    assert load_checkpoint(out.path).metadata["rounds"][0]["training"]["precision"] == "bf16"
+    plain = prune_one(baseline, get_method("naive_l1"), 0.5, _cfg(tiny_config), RecoveryData(*sets, batches), finetune_epochs=1)
+    assert plain.precision == "fp32" and "bf16" not in prune_line(plain)

@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
 
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16")  # train.precision / prune.finetune_precision: the forward pass's arithmetic
 FINETUNE_KEEP = ("best", "last")  # prune.finetune_keep: the best validated epoch, or the last (one validation)
 
 
@@ -79,6 +80,7 @@ class TrainConfig:
     momentum: float = 0.0  # SGD momentum (the paper: none)
     lr_schedule: str = "constant"  # constant | cosine (per step, down to 0 at the last step)
     seg_weight: float = 1.0  # segmentation-loss weight when dyn_balanced_loss is off
+    precision: str = "fp32"  # bf16: the forward pass under bf16 autocast where the device runs bf16 natively
 
     def validate(self) -> None:
         _require("train.epochs", self.epochs >= 1, f"must be >= 1, got {self.epochs}")
@@ -92,6 +94,8 @@ class TrainConfig:
         _require("train.lr_schedule", self.lr_schedule in LR_SCHEDULES,
                  f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         _require("train.seg_weight", self.seg_weight >= 0, f"must be >= 0, got {self.seg_weight}")
+        _require("train.precision", self.precision in PRECISIONS,
+                 f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         _require("train.device", ok, f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -115,6 +119,7 @@ class PruneConfig:
     probe_momenta: list = field(default_factory=lambda: [0.0, 0.9])  # ... each lr with each momentum
     probe_fraction: float = 0.25  # ... each trained for this share of an epoch, then scored on validation
     finetune_patience: int = 5  # stop after this many epochs without a better validation AP (0 = never)
+    finetune_precision: str = "fp32"  # bf16: fine-tune under bf16 autocast where the CPU/GPU has bf16 (else fp32)
     finetune_keep: str = "best"  # best: validate every epoch, keep the best; last: validate the last epoch only, keep it
     finetune_schedule: str = "constant"  # constant | cosine
     finetune_seg_weight: float = 3.0  # fixed loss weights: segmentation this, decision train.delta
@@ -169,6 +174,8 @@ class PruneConfig:
         _require("prune.probe_fraction", 0 < self.probe_fraction <= 2, f"must be in (0, 2], got {self.probe_fraction}")
         _require("prune.finetune_patience", self.finetune_patience >= 0, f"must be >= 0, got {self.finetune_patience}")
         _require("prune.finetune_momentum", 0 <= self.finetune_momentum < 1, f"must be in [0, 1), got {self.finetune_momentum}")
+        _require("prune.finetune_precision", self.finetune_precision in PRECISIONS,
+                 f"must be one of {', '.join(PRECISIONS)}, got {self.finetune_precision!r}")
         _require("prune.finetune_keep", self.finetune_keep in FINETUNE_KEEP,
                  f"must be one of {', '.join(FINETUNE_KEEP)}, got {self.finetune_keep!r}")
         _require("prune.finetune_keep", self.finetune_keep == "best" or self.finetune_patience == 0,

@@ -331,7 +331,8 @@ def prune_line(out: PruneOutcome) -> str:
     the rest (scoring, pruning, the refit and the validation before fine-tuning)."""
     ms = out.plan["measured_plan_ms"] or out.plan["predicted_latency_ms"]
     plan = f"{out.plan['mac_fraction']:.1%} of the MACs" + (f", {ms:.2f} ms planned" if ms else "")
-    tuned = (f"; {out.epochs} epochs in {out.finetune_seconds:.0f} s (validating {out.validation_seconds:.0f} s)"
+    bf16 = " bf16" if out.precision == "bf16" else ""
+    tuned = (f"; {out.epochs}{bf16} epochs in {out.finetune_seconds:.0f} s (validating {out.validation_seconds:.0f} s)"
              if out.epochs else "")
     refit = f" ({out.val_ap_unfitted:.4f} before the seg-head refit)" if out.val_ap_unfitted is not None else ""
     return f"{plan}; val AP {out.val_ap_pruned:.4f}{refit} -> {out.val_ap:.4f}{tuned}"

@@ -11,8 +11,9 @@ Fine-tuning reuses it with fixed weights, momentum, a cosine schedule and extra 
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
+import logging
 import random
+from contextlib import nullcontext
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,8 @@ from .config import TrainConfig
 from .data.dataset import EpochSampler, KSDD2Dataset
 from .evaluation import classification_metrics, predict
 from .model import SegDecNet
+
+log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 # An extra loss term: (model, batch, (decision logits, segmentation logits)) -> scalar.
@@ -57,6 +60,7 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    precision: str = "fp32"  # the forward pass's arithmetic as trained (bf16 asked for on a device without it: fp32)
     best_scores: np.ndarray | None = field(default=None, repr=False)  # validation scores of the kept weights
 
     def to_dict(self) -> dict:
@@ -92,6 +96,22 @@ def resolve_device(name: str) -> torch.device:
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
     ranks = distributed.ranks()
     return torch.device("cuda", ranks.local_rank) if name == "cuda" and ranks.world > 1 else torch.device(name)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware (CPU: AVX-512 BF16 or AMX, as oneDNN reports;
+    elsewhere autocast emulates it, slower than FP32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def forward_precision(asked: str, device: torch.device) -> str:
+    """The precision `train` runs the forward pass in: bf16 only where the device has it."""
+    if asked == "bf16" and not bf16_native(device):
+        log.warning("bf16 asked for, but %s has no native bf16: training in fp32", device)
+        return "fp32"
+    return asked
 
 
 def seed_everything(seed: int) -> None:
@@ -204,9 +224,12 @@ def train(
         raise ValueError(f"nothing to train: {total} iterations")
     epochs = -(-total // per_epoch)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    precision = forward_precision(cfg.precision, device)
+    # bf16: the convolutions' arithmetic (the weights, gradients, losses and validation stay FP32)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
                 if cfg.lr_schedule == "cosine" else None)
-    result = TrainResult(best_epoch=-1, best_val_ap=-1.0)
+    result = TrainResult(best_epoch=-1, best_val_ap=-1.0, precision=precision)
     best_key, best_state, stale = (-1.0, float("inf")), None, 0
     start, step = time.perf_counter(), 0
     with nullcontext(progress) if progress is not None else new_progress(disable=not show_progress) as bar:
@@ -219,7 +242,8 @@ def train(
                 if step == total:
                     break
                 batch = {k: v.to(device) for k, v in default_collate([train_set[i] for i in indices]).items()}
-                outputs = net(batch["image"])
+                with autocast():
+                    outputs = tuple(o.float() for o in net(batch["image"]))
                 loss_seg, loss_dec = output_losses(outputs, batch, cfg.weighted_seg_loss)
                 loss = w_seg * loss_seg + w_dec * loss_dec
                 extra = extra_loss(model, batch, outputs) if extra_loss is not None else torch.zeros(())

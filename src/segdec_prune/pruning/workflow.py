@@ -53,6 +53,7 @@ class PruneOutcome:
     finetune_seconds: float = 0.0  # of `seconds`; the rest is scoring, pruning and the first validation
     val_ap_unfitted: float | None = None  # with prune.refit_seg_head: before the refit (val_ap_pruned is after)
     validation_seconds: float = 0.0  # of `finetune_seconds`: the validation pass after each epoch
+    precision: str = "fp32"  # fine-tuning's forward pass (prune.finetune_precision where the device has it)
 
 
 def calibration_batches(dataset: KSDD2Dataset, count: int, batch_size: int, seed: int) -> list[Batch]:
@@ -75,7 +76,8 @@ def finetune_config(cfg: Config, epochs: int) -> TrainConfig:
     epochs = max(epochs, 1)
     return dataclasses.replace(cfg.train, epochs=epochs, lr=lr, momentum=p.finetune_momentum,
                                lr_schedule=p.finetune_schedule, dyn_balanced_loss=p.finetune_dyn_balanced,
-                               seg_weight=p.finetune_seg_weight, validate_every=1 if p.finetune_keep == "best" else epochs)
+                               seg_weight=p.finetune_seg_weight, validate_every=1 if p.finetune_keep == "best" else epochs,
+                               precision=p.finetune_precision)
 
 
 def distillation(cfg: Config, teacher: TeacherOutputs | None, train_set: KSDD2Dataset) -> Distillation | None:
@@ -238,7 +240,8 @@ def prune_one(baseline: Checkpoint, method: Method, target: Target, cfg: Config,
     tuning = sum(t["seconds"] for t in trained)
     return PruneOutcome(name, path, pruned.widths.to_dict(), out.val_ap_pruned, out.val_ap, time.perf_counter() - start,
                         out.plan, sum(len(t["history"]) for t in trained), tuning, out.rounds[0].get("val_ap_unfitted"),
-                        tuning - sum(h["seconds"] for t in trained for h in t["history"]))
+                        tuning - sum(h["seconds"] for t in trained for h in t["history"]),
+                        trained[-1].get("precision", "fp32") if trained else "fp32")
 
 
 def sparsity_trained(baseline: Checkpoint, cfg: Config, train_set: KSDD2Dataset, val_set: KSDD2Dataset,
