@@ -51,7 +51,7 @@ def measure(args: argparse.Namespace, console: Console) -> list[dict]:
     train_set, val_set = bench.sets
     p = cfg.prune
     targets = [*p.ratios, *(Budget("macs", m) for m in p.target_macs)]
-    jobs = [(seed, name, t) for seed in range(args.seeds) for name in p.methods for t in targets
+    jobs = [(seed, name, t) for seed in range(args.first_seed, args.first_seed + args.seeds) for name in p.methods for t in targets
             if not isinstance(t, Budget) or name in p.budget_methods]
     part, parts = map(int, args.part.split("/"))
     rows = []
@@ -114,7 +114,8 @@ def replay(rows: list[dict], baseline_ap: float | None, console: Console) -> Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds from this one on")
     ap.add_argument("--part", default="0/1", help="i/n: this process's share of the jobs")
     ap.add_argument("--out", type=Path, help="write the rows (JSON)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from contextlib import nullcontext
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -103,7 +103,12 @@ def bf16_native(device: torch.device) -> bool:
     elsewhere autocast emulates it, slower than FP32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:  # a private oneDNN query (torch 2.x); a torch without it: FP32, never a slow emulation
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def forward_precision(asked: str, device: torch.device) -> str:
