@@ -43,15 +43,17 @@ SCHEDULES = (("4 epochs, validate each (the demo's recipe)", 4, None), ("4 epoch
              ("3 epochs, validate each", 3, None), ("3 epochs, the last", 3, (3,)), ("2 epochs, validate each", 2, None))
 
 
-def measure(args: argparse.Namespace, console: Console) -> list[dict]:
-    """Fine-tune this part's (seed, target) jobs, one row per job with every epoch's figures."""
+def measure(args: argparse.Namespace, console: Console) -> tuple[list[dict], float]:
+    """Fine-tune this part's (seed, target) jobs, one row per job with every epoch's figures; and the
+    baseline's test AP."""
     torch.set_num_threads(1)
     cfg = load_config(args.config, args.set)
     bench = Bench(cfg)
     train_set, val_set = bench.sets
     p = cfg.prune
     targets = [*p.ratios, *(Budget("macs", m) for m in p.target_macs)]
-    jobs = [(seed, name, t) for seed in range(args.first_seed, args.first_seed + args.seeds) for name in p.methods for t in targets
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(seed, name, t) for seed in seeds for name in p.methods for t in targets
             if not isinstance(t, Budget) or name in p.budget_methods]
     part, parts = map(int, args.part.split("/"))
     rows = []
@@ -76,7 +78,7 @@ def measure(args: argparse.Namespace, console: Console) -> list[dict]:
         console.print(f"seed {seed} {rows[-1]['model']}: test AP by epoch "
                       + " ".join(f"{e['test_ap']:.3f}" for e in epochs)
                       + "; val AP " + " ".join(f"{e['val_ap']:.3f}" for e in epochs))
-    return rows
+    return rows, bench.test_metrics(bench.baseline.model)["ap"]
 
 
 def chosen(epochs: list[dict], run: int, validated: tuple[int, ...] | None) -> dict:
@@ -126,9 +128,7 @@ def main() -> None:
         rows = [r for path in args.merge for r in json.loads(path.read_text())["rows"]]
         baseline = next((json.loads(p.read_text()).get("baseline_ap") for p in args.merge), None)
     else:
-        rows = measure(args, console)
-        bench = Bench(load_config(args.config, args.set))
-        baseline = bench.test_metrics(bench.baseline.model)["ap"]
+        rows, baseline = measure(args, console)
         if args.out:
             args.out.write_text(json.dumps({"config": args.config, "set": args.set, "baseline_ap": baseline, "rows": rows}))
     replay(rows, baseline, console)

@@ -37,7 +37,6 @@ def test_two_epoch_training_lowers_loss_saves_best_and_is_deterministic(tiny_con
     assert [h.loss for h in again.history] == [h.loss for h in result.history]
 
 
-
 def test_on_epoch_sees_every_epochs_weights_and_changes_nothing(tiny_config, tmp_path):
     import copy
 

@@ -60,15 +60,13 @@ class FeatureNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[-2] * x.shape[-1]
-        if x.dtype != torch.float32:
-            # A bf16 conv output (autocast): statistics in FP32, and a channel that bf16 rounded to a
-            # constant (var 0, where sqrt's gradient is infinite) gets a zero gradient, not NaN.
+        rounded = x.dtype != torch.float32  # a bf16 conv output (autocast): statistics in FP32
+        if rounded:
             x = x.float()
-            centred = x - x.mean(dim=(2, 3), keepdim=True)
-            var = ((centred * centred).sum(dim=(2, 3), keepdim=True) / (n - 1)).clamp_min(1e-12)
-        else:
-            centred = x - x.mean(dim=(2, 3), keepdim=True)
-            var = (centred * centred).sum(dim=(2, 3), keepdim=True) / (n - 1)
+        centred = x - x.mean(dim=(2, 3), keepdim=True)
+        var = (centred * centred).sum(dim=(2, 3), keepdim=True) / (n - 1)
+        if rounded:  # a channel bf16 rounded to a constant has var 0, where sqrt's gradient is infinite
+            var = var.clamp_min(1e-12)  # a zero gradient there, not NaN; FP32 and its ONNX graph unchanged
         return self.scale * centred / (var.sqrt() + self.eps).sqrt() + self.bias
 
 
