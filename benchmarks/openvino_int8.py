@@ -1,9 +1,11 @@
 """Which OpenVINO INT8 keeps the FP32 model's AP? Every candidate, on validation and on test.
 
 Per model of a built run (`segdec-prune run` with the openvino extra): OpenVINO FP32, then each
-INT8 candidate the search tries before FP32 layer groups: `qdq` (OpenVINO reading ONNX Runtime's
-chosen INT8 file) and `nncf` (NNCF's quantization: besides 7 of the 13 convolutions' inputs it
-quantizes FeatureNorm's arithmetic, the pools and the concat). For each: validation AP and mean |logit - FP32's| (what the search sees), test AP in
+INT8 candidate the search tries before FP32 layer groups: `inputs:minmax` and `inputs:percentile`
+(QDQ files with Q/DQ only where the convolutions read, the image on its exact 8-bit grid), `qdq`
+(OpenVINO reading ONNX Runtime's chosen INT8 file, whose conv outputs are quantized too) and `nncf`
+(NNCF's quantization: besides 7 of the 13 convolutions' inputs it quantizes FeatureNorm's
+arithmetic, the pools and the concat). For each: validation AP and mean |logit - FP32's| (what the search sees), test AP in
 points against FP32 (what a user gets), with a 95 % paired bootstrap interval over the test images
 (how large a gap this test split resolves). Test AP here is for judging a rule, never for choosing.
 
@@ -13,6 +15,7 @@ points against FP32 (what a user gets), with a 95 % paired bootstrap interval ov
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -23,12 +26,13 @@ from segdec_prune.artifacts import write_json
 from segdec_prune.calibration import calibration_path, load_calibration
 from segdec_prune.config import load_config
 from segdec_prune.data.dataset import KSDD2Dataset
-from segdec_prune.deploy import model_paths, onnx_path
+from segdec_prune.deploy import model_paths, onnx_info, onnx_path
 from segdec_prune.evaluation import classification_metrics, predict
-from segdec_prune.int8 import logit_error
+from segdec_prune.int8 import Int8Search, _Quantizer, logit_error
+from segdec_prune.runtimes.base import INPUTS_ONLY
 from segdec_prune.runtimes.openvino_runtime import OpenVinoRuntime, convert, quantize_nncf
 
-CANDIDATES = ("qdq", "nncf")
+CANDIDATES = ("inputs:minmax", "inputs:percentile", "qdq", "nncf")
 
 
 def score(model, threads: int, val: KSDD2Dataset, test: KSDD2Dataset, precision: str) -> dict:
@@ -56,8 +60,14 @@ def main() -> None:
         ref = score(fp32, args.threads, val, test, "fp32")
         row = {"model": name, "fp32": {s: classification_metrics(ds.labels, ref[s])["ap"]
                                        for s, ds in (("val", val), ("test", test))}}
+        tmp = tempfile.TemporaryDirectory()
+        methods = tuple(c[len(INPUTS_ONLY):] for c in CANDIDATES if c.startswith(INPUTS_ONLY))
+        quantizer = _Quantizer(onnx_path(run, name), calib, Int8Search(methods), Path(tmp.name), args.threads)
+        pixels = (0.0, 255 * onnx_info(onnx_path(run, name)).spec.scale)
         for cand in CANDIDATES:
-            if cand == "qdq":
+            if cand.startswith(INPUTS_ONLY):
+                model = convert(quantizer.quantize(cand[len(INPUTS_ONLY):], (), conv_outputs=False, input_range=pixels))
+            elif cand == "qdq":
                 model = convert(onnx_path(run, name, "int8"))
             else:
                 model = quantize_nncf(fp32, calib)
@@ -67,6 +77,7 @@ def main() -> None:
                          "test_ap": classification_metrics(test.labels, got["test"])["ap"],
                          "test_logit_error": logit_error(got["test"], ref["test"]),
                          "test_gap_interval": paired_ap_interval(test.labels, got["test"], ref["test"])}
+        tmp.cleanup()
         rows.append(row)
         console.print(f"{name}: " + ", ".join(f"{c} test {100 * (row[c]['test_ap'] - row['fp32']['test']):+.2f} pts"
                                                for c in CANDIDATES))

@@ -77,7 +77,7 @@ def test_ray_run_resumes_after_a_killed_driver_like_a_local_run(ray_run):
         assert all(os.path.exists(p) for p in rec["outputs"])
     res = json.loads((run / "real_evaluation_results.json").read_text())
     validate_results(res)
-    assert res["schema_version"] == 4
+    assert res["schema_version"] == 5
     assert {x["model"] for x in res["records"]} == {"baseline_best", "naive_l1_r50", "ours_c2_r50"}
     assert {(x["runtime"], x["dtype"]) for x in res["records"]} == CPU_KINDS
     assert all(RECORD_KEYS <= set(x) for x in res["records"])

@@ -256,7 +256,8 @@ def test_openvino_fp32_equals_onnxruntime_and_carries_the_metadata(shipped, tmp_
             np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
         assert info.spec == ort_info.spec and info.threshold == ort_info.threshold and ov.precision == "fp32"
     int8 = ir_info(run / "openvino" / "naive_l1_r50_int8.xml")
-    assert int8.threshold.source == "validation best-F1 (INT8 model)" and int8.metadata["int8"]["calibration"] in ("qdq", "nncf")
+    assert int8.threshold.source == "validation best-F1 (INT8 model)" and int8.metadata["int8"]["calibration"] in (
+        "inputs:minmax", "inputs:percentile", "qdq", "nncf")
 
 
 @needs_openvino
@@ -323,9 +324,42 @@ def test_an_openvino_fp32_build_that_differs_from_onnxruntime_is_not_written(shi
 def test_openvino_int8_is_chosen_on_validation_data_only(shipped, monkeypatch):
     path, choice, seen, val_ids, test_ids = _build_watching_datasets(shipped, monkeypatch, "openvino")
     tried = [(c["calibration"], c["fp32_layers"]) for c in choice["candidates"]]
-    assert tried == [("qdq", []), ("nncf", []), ("nncf", ["first_conv"])]  # the full search of the config
-    assert len(seen) == 3 and all(ids == val_ids for ids in seen) and not val_ids & test_ids  # FP32's scores stored
+    assert tried == [("inputs:minmax", []), ("inputs:percentile", []), ("qdq", []), ("nncf", []),
+                     ("nncf", ["first_conv"])]  # the full search of the config
+    assert len(seen) == 5 and all(ids == val_ids for ids in seen) and not val_ids & test_ids  # FP32's scores stored
     assert path.suffix == ".xml" and ir_info(path).metadata["int8"]["val_images"] == len(val_ids)
+
+
+@needs_openvino
+def test_openvinos_inputs_only_qdq_file_leaves_conv_outputs_fp32_keeps_the_pixels_exact_and_runs_int8(shipped, tmp_path):
+    """The "inputs:" candidates' file: no Q on a conv output (FeatureNorm reads it in FP32), the
+    image quantized on its own 8-bit grid (every pixel value comes back exactly; the calibrated
+    range of ONNX Runtime's file does not), and OpenVINO still runs every convolution in INT8."""
+    import onnx
+    import openvino as ov
+
+    from segdec_prune.calibration import calibration_path, load_calibration
+    from segdec_prune.runtimes.onnxruntime_runtime import prepare_for_quantization, quantize_prepared
+    from segdec_prune.runtimes.openvino_runtime import compile_config, convert
+
+    cfg, run = shipped
+    calib = load_calibration(calibration_path(load_config(cfg)))
+    pre = prepare_for_quantization(run / "onnx" / "naive_l1_r50.onnx", tmp_path / "pre.onnx")
+    pixels = np.arange(256, dtype=np.float32) / 255
+    for layout, exact in (({}, False), ({"conv_outputs": False, "input_range": (0.0, 1.0)}, True)):
+        path = quantize_prepared(pre, tmp_path / "q.onnx", calib, method="minmax", **layout)
+        graph = onnx.load(str(path))
+        made_by = {out: node.op_type for node in graph.graph.node for out in node.output}
+        quants = [n for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+        assert ("Conv" in {made_by.get(q.input[0]) for q in quants}) != exact
+        init = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
+        scale, zero = (init[n] for n in next(q for q in quants if q.input[0] == "image").input[1:])
+        codes = np.clip(np.round(pixels / scale) + zero, 0, 255)
+        assert np.array_equal(codes, np.arange(256)) == exact  # pixel k -> code k: nothing clipped, nothing merged
+        compiled = ov.Core().compile_model(convert(path), "CPU", compile_config(1))
+        convs = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
+                 if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+        assert convs and set(convs) <= {"u8", "i8"}, convs
 
 
 @needs_openvino

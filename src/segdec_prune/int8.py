@@ -6,10 +6,11 @@ gives every method's ranges, except that the early exit's first try, MinMax, run
   1. every calibration method in `calibrations`, all convolutions INT8;
   2. with the best method of step 1: each layer group of `fp32_candidates` kept in FP32 alone,
      then all of them together.
-OpenVINO: 1. OpenVINO reading ONNX Runtime's chosen QDQ file, then NNCF's quantization;
-  2. NNCF with each layer group of `fp32_candidates` kept FP32, then all of them;
-  the QDQ file also holds when ONNX Runtime's search held it and OpenVINO runs it about as
-  faithfully (`inherits_ort_validation`).
+OpenVINO: 1. for each calibration method, a QDQ file of its own with Q/DQ only where the
+  convolutions read ("inputs:<method>"), then OpenVINO reading ONNX Runtime's chosen QDQ file,
+  then NNCF's quantization; 2. NNCF with each layer group of `fp32_candidates` kept FP32, then
+  all of them; the QDQ file also holds when ONNX Runtime's search held it and OpenVINO runs it
+  about as faithfully (`inherits_ort_validation`).
 With `early_exit` (set per runtime; the demo sets it for OpenVINO, whose later candidates each
 cost an NNCF quantization) the search stops at the first candidate whose validation AP is within
 `tolerance` of the FP32 model's (or above it). For ONNX Runtime on the demo it cost test AP: 10 of
@@ -38,7 +39,7 @@ import onnx
 from .checkpoint import Threshold
 from .data.dataset import KSDD2Dataset
 from .evaluation import classification_metrics, predict
-from .runtimes.base import FP32_GROUPS, INT8_CALIBRATIONS, fp32_groups_of, is_fp32_candidate
+from .runtimes.base import FP32_GROUPS, INPUTS_ONLY, INT8_CALIBRATIONS, fp32_groups_of, is_fp32_candidate
 from .runtimes.onnxruntime_runtime import (OnnxRuntime, calibrate, conv_nodes, prepare_for_quantization,
                                            quantize_prepared, takes_cached_ranges)
 
@@ -175,6 +176,32 @@ def _fp32_reference(ref: np.ndarray | None, fp32_runtime: Callable[[], Any], val
     return predict(fp32_runtime(), validation, batch_size=8).scores, f"{name} FP32 pass"
 
 
+class _Quantizer:
+    """ONNX Runtime's quantizer on one model: the graph pre-processed once, and each calibration
+    method's ranges computed the first time a candidate needs them (one histogram pass gives every
+    method still due; the early exit's first try, MinMax, runs its cheaper pass alone)."""
+
+    def __init__(self, fp32_path: Path, calibration: np.ndarray, search: Int8Search, tmp: Path, threads: int) -> None:
+        self.pre = prepare_for_quantization(fp32_path, tmp / "pre.onnx")
+        self.graph = onnx.load(str(self.pre), load_external_data=False)
+        self.calibration, self.search, self.tmp, self.threads = calibration, search, tmp, threads
+        self.caches = {m: tmp / f"{m}.json" for m in search.calibrations}
+        self.count = iter(range(1 << 30))
+
+    def quantize(self, method: str, groups: tuple[str, ...], **layout) -> Path:
+        """A QDQ file with `method`'s ranges and the convolutions of `groups` FP32; `layout`:
+        `quantize_prepared`'s conv_outputs / input_range."""
+        if takes_cached_ranges() and not self.caches[method].is_file():
+            due = {m: c for m, c in self.caches.items() if not c.is_file()}
+            if self.search.early_exit and method == "minmax":
+                due = {method: self.caches[method]}
+            calibrate(self.pre, self.calibration, self.search.op_types, due, threads=self.threads)
+        exclude = conv_nodes(self.graph, [p for g in groups for p in FP32_GROUPS[g]])
+        return quantize_prepared(self.pre, self.tmp / f"c{next(self.count)}.onnx", self.calibration,
+                                 self.search.op_types, method, exclude, cache=self.caches[method],
+                                 threads=self.threads, **layout)
+
+
 def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Dataset, search: Int8Search = Int8Search(),
                 on_candidate: Callable[[str], None] | None = None,
                 ref: np.ndarray | None = None) -> tuple[onnx.ModelProto, Int8Choice, Threshold]:
@@ -186,21 +213,10 @@ def choose_int8(fp32_path: Path, calibration: np.ndarray, validation: KSDD2Datas
     threads = torch.get_num_threads()  # this process's share of the cores (a `run --workers` worker: not all)
     ref, source = _fp32_reference(ref, lambda: OnnxRuntime(fp32_path, threads=threads), validation, "onnxruntime")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        pre = prepare_for_quantization(fp32_path, tmp / "pre.onnx")
-        graph = onnx.load(str(pre), load_external_data=False)
-        count = iter(range(1 << 30))
-        caches = {m: tmp / f"{m}.json" for m in search.calibrations}
+        quantizer = _Quantizer(fp32_path, calibration, search, Path(tmp), threads)
 
         def build(method: str, groups: tuple[str, ...]):
-            if takes_cached_ranges() and not caches[method].is_file():  # every method still to come, one pass
-                due = {m: c for m, c in caches.items() if not c.is_file()}
-                if search.early_exit and method == "minmax":  # the early exit's first try: MinMax's cheap pass alone
-                    due = {method: caches[method]}
-                calibrate(pre, calibration, search.op_types, due, threads=threads)
-            exclude = conv_nodes(graph, [p for g in groups for p in FP32_GROUPS[g]])
-            path = quantize_prepared(pre, tmp / f"c{next(count)}.onnx", calibration, search.op_types, method, exclude,
-                                     cache=caches[method], threads=threads)
+            path = quantizer.quantize(method, groups)
             return OnnxRuntime(path, threads=threads, precision="int8"), path
 
         path, choice, threshold = _search(_then_fp32_groups(search.calibrations, search), build, validation, ref,
@@ -232,14 +248,18 @@ def inherits_ort_validation(ort_choice: dict | None) -> Holds:
 
 def choose_openvino_int8(fp32_model, calibration: np.ndarray, validation: KSDD2Dataset, qdq_path: Path | None,
                          search: Int8Search = Int8Search(), on_candidate: Callable[[str], None] | None = None,
-                         ref: np.ndarray | None = None):
+                         ref: np.ndarray | None = None, fp32_path: Path | None = None,
+                         input_range: tuple[float, float] | None = None):
     """OpenVINO: the chosen INT8 model (an openvino.Model), the choice and its threshold.
 
-    Candidates: OpenVINO reading ONNX Runtime's validation-chosen QDQ file ("qdq", when `qdq_path`
-    exists), NNCF's quantization of the FP32 model ("nncf"), then NNCF with each FP32 layer group
-    (and all) kept FP32; a candidate holds by `inherits_ort_validation`. The QDQ file goes first:
-    it costs one validation pass and no calibration, and on the demo it held AP where NNCF's did
-    not (NNCF ran 1.03-1.15x faster on two demo models)."""
+    Candidates, in order: "inputs:<calibration>" for each calibration of the search (from the FP32
+    ONNX file at `fp32_path`: Q/DQ only where a convolution reads, its outputs FP32, the image input
+    on its exact grid `input_range`; `quantize_prepared`), OpenVINO reading ONNX Runtime's
+    validation-chosen QDQ file ("qdq", when `qdq_path` exists), NNCF's quantization of the FP32
+    model ("nncf"), then NNCF with each FP32 layer group (and all) kept FP32; a candidate holds by
+    `inherits_ort_validation`. The inputs-only files go first: on the demo their validation logits
+    sat 0.03-0.05 from FP32's where ONNX Runtime's file (its conv outputs quantized before
+    FeatureNorm) sat 0.06-0.10, at OpenVINO's INT8 speed (docs/measured.md)."""
     import torch
 
     from .deploy import onnx_info
@@ -247,17 +267,22 @@ def choose_openvino_int8(fp32_model, calibration: np.ndarray, validation: KSDD2D
 
     threads = torch.get_num_threads()
     ref, source = _fp32_reference(ref, lambda: OpenVinoRuntime(fp32_model, threads), validation, "openvino")
+    with tempfile.TemporaryDirectory() as tmp:
+        quantizer = _Quantizer(fp32_path, calibration, search, Path(tmp), threads) if fp32_path else None
 
-    def build(method: str, groups: tuple[str, ...]):
-        if method == "qdq":
-            model = convert(qdq_path)
-        else:
-            model = quantize_nncf(fp32_model, calibration,
-                                  conv_names(fp32_model, [p for g in groups for p in FP32_GROUPS[g]]))
-        return OpenVinoRuntime(model, threads, "int8"), model
+        def build(method: str, groups: tuple[str, ...]):
+            if method.startswith(INPUTS_ONLY):
+                model = convert(quantizer.quantize(method[len(INPUTS_ONLY):], groups, conv_outputs=False,
+                                                   input_range=input_range))
+            elif method == "qdq":
+                model = convert(qdq_path)
+            else:
+                model = quantize_nncf(fp32_model, calibration,
+                                      conv_names(fp32_model, [p for g in groups for p in FP32_GROUPS[g]]))
+            return OpenVinoRuntime(model, threads, "int8"), model
 
-    qdq = qdq_path is not None and Path(qdq_path).is_file()
-    ort_choice = onnx_info(qdq_path).metadata.get("int8") if qdq else None
-    first = [*(["qdq"] if qdq else []), "nncf"]
-    return _search(_then_fp32_groups(first, search, base="nncf"), build, validation, ref, search, on_candidate, source,
-                   inherits_ort_validation(ort_choice))
+        qdq = qdq_path is not None and Path(qdq_path).is_file()
+        ort_choice = onnx_info(qdq_path).metadata.get("int8") if qdq else None
+        first = [*(INPUTS_ONLY + m for m in (search.calibrations if quantizer else ())), *(["qdq"] if qdq else []), "nncf"]
+        return _search(_then_fp32_groups(first, search, base="nncf"), build, validation, ref, search, on_candidate,
+                       source, inherits_ort_validation(ort_choice))

@@ -28,8 +28,8 @@ from .evaluation import evaluate_predictions, interleaved_latency, predict
 from .profiling import profile_run
 from .runtimes.base import CPU_RUNTIMES
 
-SCHEMA_VERSION = 4  # 2: budget, predicted latency; 3: threshold = the model's validation threshold, int8 choice;
-#                    4: openvino records, speedup_vs_onnxruntime_fp32
+SCHEMA_VERSION = 5  # 2: budget, predicted latency; 3: threshold = the model's validation threshold, int8 choice;
+#                    4: openvino records, speedup_vs_onnxruntime_fp32; 5: int8.calibration "inputs:<method>"
 RESULTS_FILE = "real_evaluation_results.json"
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "real_evaluation_results.schema.json"
 

@@ -19,7 +19,7 @@ from .pruning.memo import SourceMemo
 from .pruning.methods import Method, get_method
 from .pruning.plan import Target
 from .pruning.workflow import PruneOutcome
-from .runtimes.base import CPU_RUNTIMES, unavailable_reason
+from .runtimes.base import CPU_RUNTIMES, INPUTS_ONLY, unavailable_reason
 from .training import TrainResult, train
 
 
@@ -402,8 +402,10 @@ def int8_line(choice: dict) -> str:
             "" if held == "validation AP" else f" (held by {held}, logit error {choice['logit_error']:.3f})")
     tried = choice["candidates"]
     exit_ = " (early exit)" if choice.get("early_exit") else ""
-    how = {"nncf": "NNCF quantization", "qdq": "ONNX Runtime's QDQ file"}.get(choice["calibration"],
-                                                                             f"{choice['calibration']} calibration")
+    method = choice["calibration"]
+    how = {"nncf": "NNCF quantization", "qdq": "ONNX Runtime's QDQ file"}.get(method, f"{method} calibration")
+    if method.startswith(INPUTS_ONLY):
+        how = f"{method[len(INPUTS_ONLY):]} calibration, Q/DQ on conv inputs only"
     return (f"{how}, FP32 layers: {fp32}; val AP {choice['val_ap']:.4f} vs FP32 "
             f"{choice['val_ap_fp32']:.4f}{kept}; {len(tried)} candidate(s){exit_} in "
             f"{sum(c.get('seconds', 0.0) for c in tried):.0f} s")

@@ -15,6 +15,8 @@ CPU_RUNTIMES = ("onnxruntime", "openvino")
 OPTIONAL_RUNTIMES = ("openvino", "tensorrt")
 # INT8 activation calibration methods (ONNX Runtime's quantization offers these).
 INT8_CALIBRATIONS = ("minmax", "entropy", "percentile")
+# OpenVINO's own INT8 candidates are "inputs:<calibration>": a QDQ file with Q/DQ only where convolutions read.
+INPUTS_ONLY = "inputs:"
 # Layers INT8 may keep in FP32, by the weight-name prefixes PyTorch gave them (they survive export).
 FP32_GROUPS = {"first_conv": ("volume.0.",), "seg_head": ("seg_mask.",), "decision_head": ("extractor.",)}
 

@@ -113,9 +113,20 @@ def conv_nodes(model: onnx.ModelProto, weight_prefixes: Sequence[str]) -> list[s
 
 def quantize_prepared(prepared: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray,
                       op_types: Sequence[str] = ("Conv",), method: str = "minmax", exclude: Sequence[str] = (),
-                      for_tensorrt: bool = False, cache: str | os.PathLike | None = None, threads: int = 0) -> Path:
+                      for_tensorrt: bool = False, cache: str | os.PathLike | None = None, threads: int = 0,
+                      conv_outputs: bool = True, input_range: tuple[float, float] | None = None) -> Path:
     """Static INT8 in QDQ format: per-channel int8 weights; activations calibrated by `method`
     (minmax, entropy or percentile); the nodes in `exclude` stay FP32.
+
+    `conv_outputs=False` leaves the outputs of the quantized ops FP32 (Q/DQ only where they read):
+    OpenVINO still runs those convolutions in INT8 (FakeQuantize on input and weights is all it
+    needs), ONNX Runtime does not (its QLinearConv fusion needs the output's Q; such a file ran
+    slower than FP32 there). A conv output is FeatureNorm's input, which divides by a per-image
+    std: one per-tensor range over every image quantizes a low-contrast image's output coarsely,
+    and that error is normalised back up (docs/measured.md, "OpenVINO INT8"). `input_range`
+    fixes the image input's range instead of calibrating it: the input is 8-bit pixels times the
+    model's scale, so [0, 255 x scale] quantizes it without error where a calibrated maximum
+    clips the brightest pixels.
 
     For ONNX Runtime on x86 the activations are asymmetric uint8 (U8S8): its VNNI kernels take
     u8 x s8, and on the development CPU U8S8 ran 2.5x faster than FP32 where S8S8 ran slower.
@@ -129,14 +140,20 @@ def quantize_prepared(prepared: str | os.PathLike, int8_path: str | os.PathLike,
     if method not in CALIBRATIONS:
         raise ValueError(f"unknown INT8 calibration {method!r}; known: {', '.join(CALIBRATIONS)}")
 
+    extra: dict = {"ActivationSymmetric": for_tensorrt, "CalibTensorRangeSymmetric": for_tensorrt}
+    if not conv_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = list(op_types)
+    if input_range is not None:
+        extra["TensorQuantOverrides"] = {INPUT: [{"rmin": np.array(input_range[0], np.float32),
+                                                   "rmax": np.array(input_range[1], np.float32)}]}
+
     def write(out: Path, options: dict) -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
             quantize_static(
                 str(prepared), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(op_types),
-                nodes_to_exclude=list(exclude), calibrate_method=CALIBRATIONS[method],
-                extra_options={"ActivationSymmetric": for_tensorrt, "CalibTensorRangeSymmetric": for_tensorrt}, **options,
+                nodes_to_exclude=list(exclude), calibrate_method=CALIBRATIONS[method], extra_options=extra, **options,
             )
 
     if not takes_cached_ranges():  # an older ONNX Runtime: its own calibrators
