@@ -4,8 +4,9 @@ as trained (ONNX Runtime FP32), at the run's input size and at KSDD2's 640x232.
 Random weights (latency does not depend on them): the baseline's widths and those of the run's
 models named with --models (read from their checkpoints). Each network is exported once and run
 as ONNX Runtime FP32, ONNX Runtime INT8 (QDQ, U8S8), OpenVINO FP32, OpenVINO reading that same
-QDQ file, and OpenVINO INT8 by NNCF (both INT8 calibrated on random images: fine for timing, not
-for accuracy). All runtimes of one input size are timed in one interleaved measurement.
+QDQ file, OpenVINO reading the QDQ file of its `inputs:` candidates (Q/DQ only where convolutions
+read; what the demo's OpenVINO INT8 search keeps), and OpenVINO INT8 by NNCF (every INT8 calibrated
+on random images: fine for timing, not for accuracy). All runtimes of one input size are timed in one interleaved measurement.
 
     python benchmarks/cpu_runtimes.py --config configs/demo.toml --models ours_c4_m20
 """
@@ -31,19 +32,22 @@ from segdec_prune.model import SegDecNet, Widths
 from segdec_prune.runtimes.onnxruntime_runtime import OnnxRuntime, quantize_int8
 from segdec_prune.runtimes.openvino_runtime import OpenVinoRuntime, convert, quantize_nncf, unavailable_reason
 
-KINDS = ("ort-fp32", "ort-int8", "ov-fp32", "ov-int8-qdq", "ov-int8-nncf")
+KINDS = ("ort-fp32", "ort-int8", "ov-fp32", "ov-int8-qdq", "ov-int8-inputs", "ov-int8-nncf")
 
 
 def runtimes_for(widths: Widths, channels: int, h: int, w: int, threads: int, folder: Path) -> dict:
-    """The five runtimes of one random-weight network at h x w."""
+    """The six runtimes of one random-weight network at h x w."""
     import onnx
 
     fp32 = folder / f"net{len(list(folder.glob('*.onnx')))}.onnx"
     onnx.save_model(export_onnx(SegDecNet(channels, widths), h, w), str(fp32))
     calib = np.random.default_rng(0).random((8, channels, h, w), dtype=np.float32)
     int8 = quantize_int8(fp32, fp32.with_name(fp32.stem + "_int8.onnx"), calib)
+    inputs = quantize_int8(fp32, fp32.with_name(fp32.stem + "_inputs.onnx"), calib, conv_outputs=False,
+                           input_range=(0.0, 1.0))
     return {"ort-fp32": OnnxRuntime(fp32, threads), "ort-int8": OnnxRuntime(int8, threads, "int8"),
             "ov-fp32": OpenVinoRuntime(convert(fp32), threads), "ov-int8-qdq": OpenVinoRuntime(convert(int8), threads, "int8"),
+            "ov-int8-inputs": OpenVinoRuntime(convert(inputs), threads, "int8"),
             "ov-int8-nncf": OpenVinoRuntime(quantize_nncf(convert(fp32), calib), threads, "int8")}
 
 
@@ -55,7 +59,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     if reason := unavailable_reason():
         raise SystemExit(f"needs OpenVINO: {reason}")
     cfg = load_config(args.config)

@@ -259,8 +259,10 @@ def _collect(prepared: str | os.PathLike, calibration: np.ndarray, op_types: Seq
 
 
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: np.ndarray,
-                  op_types: Sequence[str] = ("Conv",), for_tensorrt: bool = False, method: str = "minmax") -> Path:
-    """Pre-process and quantize in one go, every op of `op_types` INT8 (see `quantize_prepared`)."""
+                  op_types: Sequence[str] = ("Conv",), for_tensorrt: bool = False, method: str = "minmax",
+                  **layout) -> Path:
+    """Pre-process and quantize in one go, every op of `op_types` INT8 (see `quantize_prepared`,
+    whose conv_outputs / input_range `layout` passes on)."""
     with tempfile.TemporaryDirectory() as tmp:
         pre = prepare_for_quantization(fp32_path, Path(tmp) / "pre.onnx")
-        return quantize_prepared(pre, int8_path, calibration, op_types, method, for_tensorrt=for_tensorrt)
+        return quantize_prepared(pre, int8_path, calibration, op_types, method, for_tensorrt=for_tensorrt, **layout)
