@@ -12,7 +12,7 @@ OpenVINO: 1. for each calibration method, a QDQ file of its own with Q/DQ only w
   all of them; the QDQ file also holds when ONNX Runtime's search held it and OpenVINO runs it
   about as faithfully (`inherits_ort_validation`).
 With `early_exit` (set per runtime; the demo sets it for OpenVINO, whose later candidates each
-cost an NNCF quantization) the search stops at the first candidate whose validation AP is within
+cost a calibration pass or an NNCF quantization) the search stops at the first candidate whose validation AP is within
 `tolerance` of the FP32 model's (or above it). For ONNX Runtime on the demo it cost test AP: 10 of
 20 models ended more than 0.5 point from FP32, 4 with the full search (docs/measured.md).
 The FP32 reference is the validation scores stored with the model at training when they are of
