@@ -54,30 +54,30 @@ def main() -> None:
     val, test = bench.sets[1], bench.test_set
     calib = load_calibration(calibration_path(cfg))
     names = args.models or [p.stem for p in model_paths(run)]
+    methods = tuple(c.removeprefix(INPUTS_ONLY) for c in CANDIDATES if c.startswith(INPUTS_ONLY))
     rows = []
     for name in names:
         fp32 = convert(onnx_path(run, name))
         ref = score(fp32, args.threads, val, test, "fp32")
         row = {"model": name, "fp32": {s: classification_metrics(ds.labels, ref[s])["ap"]
                                        for s, ds in (("val", val), ("test", test))}}
-        tmp = tempfile.TemporaryDirectory()
-        methods = tuple(c[len(INPUTS_ONLY):] for c in CANDIDATES if c.startswith(INPUTS_ONLY))
-        quantizer = _Quantizer(onnx_path(run, name), calib, Int8Search(methods), Path(tmp.name), args.threads)
-        pixels = (0.0, 255 * onnx_info(onnx_path(run, name)).spec.scale)
-        for cand in CANDIDATES:
-            if cand.startswith(INPUTS_ONLY):
-                model = convert(quantizer.quantize(cand[len(INPUTS_ONLY):], (), conv_outputs=False, input_range=pixels))
-            elif cand == "qdq":
-                model = convert(onnx_path(run, name, "int8"))
-            else:
-                model = quantize_nncf(fp32, calib)
-            got = score(model, args.threads, val, test, "int8")
-            row[cand] = {"val_ap": classification_metrics(val.labels, got["val"])["ap"],
-                         "val_logit_error": logit_error(got["val"], ref["val"]),
-                         "test_ap": classification_metrics(test.labels, got["test"])["ap"],
-                         "test_logit_error": logit_error(got["test"], ref["test"]),
-                         "test_gap_interval": paired_ap_interval(test.labels, got["test"], ref["test"])}
-        tmp.cleanup()
+        pixels = onnx_info(onnx_path(run, name)).spec.pixel_range
+        with tempfile.TemporaryDirectory() as tmp:
+            quantizer = _Quantizer(onnx_path(run, name), calib, Int8Search(methods), Path(tmp), args.threads)
+            for cand in CANDIDATES:
+                if cand.startswith(INPUTS_ONLY):
+                    model = convert(quantizer.quantize(cand.removeprefix(INPUTS_ONLY), (), conv_outputs=False,
+                                                       input_range=pixels))
+                elif cand == "qdq":
+                    model = convert(onnx_path(run, name, "int8"))
+                else:
+                    model = quantize_nncf(fp32, calib)
+                got = score(model, args.threads, val, test, "int8")
+                row[cand] = {"val_ap": classification_metrics(val.labels, got["val"])["ap"],
+                             "val_logit_error": logit_error(got["val"], ref["val"]),
+                             "test_ap": classification_metrics(test.labels, got["test"])["ap"],
+                             "test_logit_error": logit_error(got["test"], ref["test"]),
+                             "test_gap_interval": paired_ap_interval(test.labels, got["test"], ref["test"])}
         rows.append(row)
         console.print(f"{name}: " + ", ".join(f"{c} test {100 * (row[c]['test_ap'] - row['fp32']['test']):+.2f} pts"
                                                for c in CANDIDATES))

@@ -38,6 +38,11 @@ class InputSpec:
     def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
+    @property
+    def pixel_range(self) -> tuple[float, float]:
+        """The values the model's input takes: 8-bit pixels times `scale` (INT8 quantizes it on this grid)."""
+        return 0.0, 255 * self.scale
+
     def preprocessing(self) -> Preprocessing:
         """The data preprocessing that reproduces this model's training inputs."""
         return Preprocessing(height=self.height, width=self.width, channels=self.channels, dilate=self.dilate)

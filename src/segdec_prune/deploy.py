@@ -232,7 +232,7 @@ def build_openvino(run_dir: Path, name: str, precision: str, calibration: np.nda
         info = _info(fp32, props)
         model, choice, threshold = choose_openvino_int8(model, calibration, validation, onnx_path(run_dir, name, "int8"),
                                                         search, on_candidate, stored_val_scores(info, validation),
-                                                        fp32, (0.0, 255 * info.spec.scale))  # 8-bit pixels x scale
+                                                        fp32, info.spec.pixel_range)
         props.update(threshold=json.dumps(threshold.to_dict()), int8=json.dumps(choice.to_dict()))
         props.pop(VAL_SCORES, None)
     elif (diff := _openvino_diff(model, fp32, _info(fp32, props))) > OPENVINO_ATOL:  # FP32: the same network as the verified ONNX file

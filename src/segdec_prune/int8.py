@@ -272,7 +272,7 @@ def choose_openvino_int8(fp32_model, calibration: np.ndarray, validation: KSDD2D
 
         def build(method: str, groups: tuple[str, ...]):
             if method.startswith(INPUTS_ONLY):
-                model = convert(quantizer.quantize(method[len(INPUTS_ONLY):], groups, conv_outputs=False,
+                model = convert(quantizer.quantize(method.removeprefix(INPUTS_ONLY), groups, conv_outputs=False,
                                                    input_range=input_range))
             elif method == "qdq":
                 model = convert(qdq_path)

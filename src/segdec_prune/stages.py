@@ -405,7 +405,7 @@ def int8_line(choice: dict) -> str:
     method = choice["calibration"]
     how = {"nncf": "NNCF quantization", "qdq": "ONNX Runtime's QDQ file"}.get(method, f"{method} calibration")
     if method.startswith(INPUTS_ONLY):
-        how = f"{method[len(INPUTS_ONLY):]} calibration, Q/DQ on conv inputs only"
+        how = f"{method.removeprefix(INPUTS_ONLY)} calibration, Q/DQ on conv inputs only"
     return (f"{how}, FP32 layers: {fp32}; val AP {choice['val_ap']:.4f} vs FP32 "
             f"{choice['val_ap_fp32']:.4f}{kept}; {len(tried)} candidate(s){exit_} in "
             f"{sum(c.get('seconds', 0.0) for c in tried):.0f} s")
